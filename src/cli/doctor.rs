@@ -1,0 +1,42 @@
+//! `netcage doctor`: which tier this machine allows, and why.
+
+use netcage::sandbox::detect;
+
+pub fn doctor() -> anyhow::Result<u8> {
+    let facts = detect::facts();
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "CAP_NET_ADMIN (root path):        {}",
+        yes_no(facts.cap_net_admin)
+    );
+    match &facts.netns {
+        Ok(()) => println!("new network namespace:            yes"),
+        Err(e) => println!("new network namespace:            no ({e})"),
+    }
+    match &facts.userns {
+        Ok(()) => println!("unprivileged user namespaces:     yes"),
+        Err(e) => println!("unprivileged user namespaces:     no ({e})"),
+    }
+    for knob in detect::userns_knobs() {
+        println!("  {knob}");
+    }
+    match &facts.nft {
+        Some(path) => println!("nft:                              {}", path.display()),
+        None => {
+            println!("nft:                              missing (install the nftables package)")
+        }
+    }
+    let tier1_possible = (facts.cap_net_admin && facts.netns.is_ok()) || facts.userns.is_ok();
+    println!(
+        "Tier 1 (netns) on this machine:   {}",
+        if tier1_possible {
+            "possible, but not implemented in this build yet: netcage runs in Tier 0"
+        } else {
+            "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces"
+        }
+    );
+    println!(
+        "Tier 0 (env):                     available (proxy variables only; programs can bypass it)"
+    );
+    Ok(0)
+}

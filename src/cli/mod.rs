@@ -1,0 +1,201 @@
+//! Command-line structs (plain data) and one handler per subcommand.
+
+pub mod ca;
+pub mod config;
+pub mod demo;
+pub mod doctor;
+pub mod proxy;
+pub mod run;
+pub mod token;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A user mistake: bad flag value, unreadable or malformed key file, invalid token. Exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+pub fn input_error(msg: impl Into<String>) -> anyhow::Error {
+    InputError(msg.into()).into()
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netcage",
+    version,
+    about = "Run commands that use credentials without holding them",
+    long_about = "netcage runs a command whose only way out is a TLS-intercepting proxy. The command \
+                  sees opaque starpod:v1 tokens; the proxy swaps in the real secret only on the way \
+                  to the hosts each token is bound to."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run CMD behind the proxy; exit with CMD's status
+    Run(RunArgs),
+    /// Run the explicit proxy alone, for other programs (HTTPS_PROXY=http://ADDR)
+    Proxy(ProxyCmdArgs),
+    /// Make and examine tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Where the CA bundle is; print the CA certificate
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Which tier this machine allows, and why
+    Doctor,
+    /// A self-contained demonstration on a local HTTPS server
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Data directory: key file .vault_key, CA files (Starpod's layout)
+    #[arg(long, value_name = "DIR", default_value = ".starpod/db")]
+    pub data_dir: PathBuf,
+    /// Key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Policy file (netcage.toml)
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Only allow egress to HOST (repeatable; implies default deny)
+    #[arg(long, value_name = "HOST")]
+    pub allow: Vec<String>,
+    /// Deny egress to HOST (repeatable; wins over allow)
+    #[arg(long, value_name = "HOST")]
+    pub deny: Vec<String>,
+    /// Extra CA certificate (PEM) to trust for upstream servers (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Pin the upstream address of NAME, like curl's --resolve (repeatable)
+    #[arg(long, value_name = "NAME=IP")]
+    pub resolve: Vec<String>,
+    /// Audit log (JSONL); '-' for stderr [default: <data-dir>/netcage-audit.jsonl]
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<String>,
+    /// Hand the child a token for variable NAME instead of its value, bound to HOSTs
+    #[arg(long, value_name = "NAME[=HOST,..]")]
+    pub seal: Vec<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The strongest tier this machine allows
+    Auto,
+    /// Tier 1: network namespace; refuse to run without it
+    Netns,
+    /// Tier 0: proxy environment variables only
+    Env,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tier: Tier,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyCmdArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Print a token for a value (from --from-env NAME, or stdin)
+    Seal {
+        /// Host the token may be sent to (repeatable); '*' for any host
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Take the value from this environment variable
+        #[arg(long, value_name = "NAME", conflicts_with = "stdin")]
+        from_env: Option<String>,
+        /// Read the value from stdin (the default)
+        #[arg(value_name = "-", value_parser = clap::builder::PossibleValuesParser::new(["-"]))]
+        stdin: Option<String>,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Show whether a token is valid, its hosts and fingerprint (JSON)
+    Inspect {
+        /// Also print the secret value
+        #[arg(long)]
+        reveal: bool,
+        token: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Exit 0 if TOKEN may be sent to HOST, 1 if not, 2 if the token is invalid
+    Check {
+        #[arg(long)]
+        host: String,
+        token: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Print the path of the CA bundle (system roots + netcage's CA)
+    Path {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Print netcage's CA certificate (PEM)
+    Export {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Tier to demonstrate in
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tier: Tier,
+}
+
+/// Runs one subcommand; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Proxy(args) => proxy::proxy(args),
+        Command::Token(cmd) => token::token(cmd),
+        Command::Ca(cmd) => ca::ca(cmd),
+        Command::Doctor => doctor::doctor(),
+        Command::Demo(args) => demo::demo(args),
+    }
+}
+
+/// 2 for input errors, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let input = err.chain().any(|e| {
+        e.is::<InputError>()
+            || e.is::<netcage::token::KeyError>()
+            || e.is::<netcage::token::TokenError>()
+    });
+    if input { 2 } else { 1 }
+}

@@ -1,0 +1,43 @@
+//! `netcage proxy`: the explicit proxy alone, for programs started elsewhere.
+
+use anyhow::Context;
+use netcage::proxy::{Proxy, serve_explicit};
+use netcage::sandbox::process;
+
+use super::ProxyCmdArgs;
+use super::config::resolve;
+
+pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
+    process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    let resolved = resolve(&args.key, &args.policy)?;
+    let bundle = resolved.proxy.ca.bundle_path().to_owned();
+    for (name, token) in &resolved.sealed_env {
+        println!("{name}={token}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let proxy = Proxy::new(resolved.proxy)?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (choose another with --listen)", args.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "netcage: proxy listening on {addr}; point clients at it with HTTPS_PROXY=http://{addr} HTTP_PROXY=http://{addr} and trust {} (SSL_CERT_FILE)",
+            bundle.display()
+        );
+        tokio::select! {
+            _ = serve_explicit(proxy, listener) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => { s.recv().await; }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        Ok(0)
+    })
+}

@@ -1,0 +1,30 @@
+//! netcage: run a command that can *use* credentials without being able to *read* them.
+//!
+//! # Layout
+//! - [`token`]: the `starpod:v1` codec and key loading (pure).
+//! - [`hosts`]: host patterns and matching (pure).
+//! - [`scan`]: finding and substituting tokens in headers, targets and streamed bodies, and
+//!   redacting real values from responses (pure).
+//! - [`policy`]: `netcage.toml` and egress decisions (pure).
+//! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
+//! - [`audit`]: audit events and the JSONL sink.
+//! - [`ca`]: the local CA, leaf certificates, the trust bundle.
+//! - [`proxy`]: listeners, TLS interception, the HTTP service, the upstream client.
+//! - [`sandbox`]: tiers, process attributes, namespaces — the only place with `unsafe`.
+//!
+//! Data flows: the CLI resolves a [`proxy::ProxyConfig`]; the proxy accepts a connection,
+//! terminates TLS with a leaf from [`ca`], and for each request asks [`policy`] whether the host
+//! may be reached, runs [`scan`] over headers, target and body with a decision callback that
+//! opens each token ([`token`]) and checks its hosts ([`hosts`]), forwards upstream, redacts the
+//! response, and writes one [`audit`] line.
+
+pub mod audit;
+pub mod ca;
+mod der;
+pub mod hosts;
+pub mod policy;
+pub mod proxy;
+pub mod sandbox;
+pub mod scan;
+pub mod seal;
+pub mod token;

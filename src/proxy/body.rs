@@ -1,0 +1,249 @@
+//! Bodies on their way through: request bodies through the token scanner, response bodies
+//! through the redactor, both streamed frame by frame (trailers kept), and the audit line that
+//! is written when the response body ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+use super::decide::Decider;
+use crate::audit::{AuditLog, Event};
+use crate::scan::{BodyScanner, Redactor};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The request body stopped because it carried a token that may not go to this host.
+#[derive(Debug, thiserror::Error)]
+#[error("netcage blocked the request body: it carries a token that may not be sent to this host")]
+pub struct BodyBlocked;
+
+/// A transformation applied to the data frames of a body.
+pub trait Transform: Send + 'static {
+    fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError>;
+    fn finish(&mut self) -> Result<Bytes, BoxError>;
+}
+
+/// Request side: substitute tokens.
+pub struct Substitute {
+    pub scanner: BodyScanner,
+    pub decider: Decider,
+}
+
+impl Transform for Substitute {
+    fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        let decider = &self.decider;
+        self.scanner
+            .push(data, &mut |t| decider.decide("body", t))
+            .map_err(|_| BodyBlocked.into())
+    }
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        let decider = &self.decider;
+        self.scanner
+            .finish(&mut |t| decider.decide("body", t))
+            .map_err(|_| BodyBlocked.into())
+    }
+}
+
+/// Response side: turn real values back into their tokens.
+pub struct Redact {
+    pub redactor: Redactor,
+}
+
+impl Transform for Redact {
+    fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        Ok(self.redactor.push(data))
+    }
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        Ok(self.redactor.finish())
+    }
+}
+
+/// A body whose data frames pass through a [`Transform`]; trailers are passed on after the
+/// transform has released everything it held.
+pub struct Transformed<B, T> {
+    inner: B,
+    transform: T,
+    trailers: Option<HeaderMap>,
+    done: bool,
+    /// Bytes read from `inner` (before the transform).
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl<B, T> Transformed<B, T> {
+    pub fn new(inner: B, transform: T, bytes: Arc<AtomicU64>) -> Self {
+        Transformed {
+            inner,
+            transform,
+            trailers: None,
+            done: false,
+            bytes,
+        }
+    }
+}
+
+impl<B, T> Body for Transformed<B, T>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    T: Transform + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    this.done = true;
+                    match this.transform.finish() {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    match this.transform.push(data) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        this.trailers = Some(trailers);
+                        this.done = true;
+                        match this.transform.finish() {
+                            Ok(out) if !out.is_empty() => {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                            Ok(_) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Counts the bytes of a body and writes the request's audit line when it ends or is dropped.
+pub struct Audited<B> {
+    inner: B,
+    pub event: Option<Event>,
+    started: Instant,
+    bytes_up: Arc<AtomicU64>,
+    decider: Option<Decider>,
+    audit: Arc<AuditLog>,
+}
+
+impl<B> Audited<B> {
+    pub fn new(
+        inner: B,
+        event: Event,
+        started: Instant,
+        bytes_up: Arc<AtomicU64>,
+        decider: Option<Decider>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Audited {
+            inner,
+            event: Some(event),
+            started,
+            bytes_up,
+            decider,
+            audit,
+        }
+    }
+}
+
+impl<B> Drop for Audited<B> {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.bytes_up = self.bytes_up.load(Ordering::Relaxed).max(event.bytes_up);
+            event.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+            if let Some(decider) = &self.decider {
+                let record = decider.record.lock().unwrap_or_else(|p| p.into_inner());
+                event.tokens = record.uses.clone();
+                if let Some(block) = &record.block
+                    && event.decision == "allow"
+                {
+                    event.decision = "block";
+                    event.reason = Some(format!(
+                        "{} (found in a streamed body; the request was cut off)",
+                        block.reason
+                    ));
+                }
+            }
+            self.audit.log(&event);
+        }
+    }
+}
+
+impl<B> Body for Audited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(event)) = (&frame, &mut this.event)
+            && let Some(data) = frame.data_ref()
+        {
+            event.bytes_down += data.len() as u64;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

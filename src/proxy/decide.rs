@@ -1,0 +1,115 @@
+//! The decision for one token found in a request, by the token's bound hosts and the policy, and
+//! the record of every decision for the audit line and for response redaction.
+
+use std::sync::{Arc, Mutex};
+
+use zeroize::Zeroizing;
+
+use crate::audit::TokenUse;
+use crate::policy::OnHostMismatch;
+use crate::scan::Decision;
+use crate::{hosts, token};
+
+use super::Proxy;
+
+/// Why a request was blocked, for the 403 body and the audit line.
+#[derive(Debug, Clone)]
+pub struct BlockInfo {
+    pub fingerprint: String,
+    pub host: String,
+    pub bound_hosts: Vec<String>,
+    pub reason: String,
+}
+
+/// What the decisions of one request produced.
+#[derive(Default)]
+pub struct Record {
+    pub uses: Vec<TokenUse>,
+    pub block: Option<BlockInfo>,
+    /// (real value, token) pairs substituted: the response must not show these values.
+    pub substituted: Vec<(Zeroizing<Vec<u8>>, Vec<u8>)>,
+}
+
+/// Decides for every token of one request bound for `host`. Cloned into streamed bodies.
+#[derive(Clone)]
+pub struct Decider {
+    proxy: Arc<Proxy>,
+    host: Arc<str>,
+    tls: bool,
+    pub record: Arc<Mutex<Record>>,
+}
+
+impl Decider {
+    pub fn new(proxy: Arc<Proxy>, host: &str, tls: bool) -> Self {
+        Decider {
+            proxy,
+            host: host.into(),
+            tls,
+            record: Arc::default(),
+        }
+    }
+
+    pub fn blocked(&self) -> Option<BlockInfo> {
+        self.lock().block.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The decision for `token` found at `location` (`header:NAME`, `target`, `body`).
+    pub fn decide(&self, location: &str, token_text: &str) -> Decision {
+        let fingerprint = token::fingerprint(token_text);
+        let mut record = self.lock();
+        let mut note = |action: &'static str, bound_hosts: Vec<String>| {
+            record.uses.push(TokenUse {
+                fingerprint: fingerprint.clone(),
+                action,
+                location: location.to_owned(),
+                bound_hosts,
+            });
+        };
+        let secret = match token::open(&self.proxy.cfg.key, token_text) {
+            Ok(secret) => secret,
+            Err(_) => {
+                note("invalid", Vec::new());
+                return Decision::Keep;
+            }
+        };
+        let host_ok = hosts::allowed(&secret.hosts, &self.host);
+        let plaintext_refused = !self.tls && !self.proxy.cfg.policy.secrets.plaintext_http;
+        let reason = if plaintext_refused {
+            Some(
+                "a secret may not be sent over plaintext HTTP (policy secrets.plaintext_http = false); use https",
+            )
+        } else if !host_ok {
+            Some("a token may not be sent to this host")
+        } else {
+            None
+        };
+        let Some(reason) = reason else {
+            note("substitute", Vec::new());
+            let value = Zeroizing::new(secret.value.as_bytes().to_vec());
+            record
+                .substituted
+                .push((value.clone(), token_text.as_bytes().to_vec()));
+            return Decision::Substitute(value);
+        };
+        if !plaintext_refused
+            && self.proxy.cfg.policy.secrets.on_host_mismatch == OnHostMismatch::Strip
+        {
+            note("strip", secret.hosts.clone());
+            return Decision::Strip;
+        }
+        note("block", secret.hosts.clone());
+        if record.block.is_none() {
+            record.block = Some(BlockInfo {
+                fingerprint,
+                host: self.host.to_string(),
+                bound_hosts: secret.hosts.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+        Decision::Block
+    }
+}

@@ -1,0 +1,143 @@
+//! The explicit proxy (Tier 0, `netcage proxy`): HTTP forward-proxy requests and `CONNECT`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::io::Prefixed;
+use super::{ConnInfo, Proxy, tunnel};
+use crate::audit::Event;
+
+const MAX_HEAD: usize = 16 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until the listener fails for good.
+pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle_conn(proxy.clone(), stream, client));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+enum Head {
+    Connect {
+        host: String,
+        port: u16,
+        consumed: usize,
+    },
+    Other,
+    Bad(String),
+}
+
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => None,
+        Ok(httparse::Status::Complete(consumed)) => {
+            if req.method != Some("CONNECT") {
+                return Some(Head::Other);
+            }
+            let target = req.path.unwrap_or("");
+            Some(match target.parse::<http::uri::Authority>() {
+                Ok(a) if a.port_u16().is_some() && !a.host().is_empty() => Head::Connect {
+                    host: crate::hosts::normalize(a.host()),
+                    port: a.port_u16().unwrap_or(443),
+                    consumed,
+                },
+                _ => Head::Bad(format!("CONNECT target {target:?} is not host:port")),
+            })
+        }
+        Err(e) => Some(Head::Bad(format!("malformed request: {e}"))),
+    }
+}
+
+async fn reply(stream: &mut TcpStream, status: &str, reason: &str) {
+    let body = serde_json::json!({ "error": format!("netcage: {reason}") }).to_string();
+    let text = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(text.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let head = loop {
+        if let Some(head) = parse_head(&buf) {
+            break head;
+        }
+        if buf.len() >= MAX_HEAD {
+            break Head::Bad("request head larger than 16 KiB".into());
+        }
+        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    let log = |decision, host: Option<String>, reason: String| {
+        let mut event = Event::new("connection", decision);
+        event.client = Some(client.to_string());
+        event.host = host;
+        event.reason = Some(reason);
+        proxy.cfg.audit.log(&event);
+    };
+    match head {
+        Head::Bad(reason) => {
+            log("block", None, reason.clone());
+            reply(&mut stream, "400 Bad Request", &reason).await;
+        }
+        Head::Connect {
+            host,
+            port,
+            consumed,
+        } => {
+            let verdict = proxy.cfg.policy.egress(&host);
+            if !verdict.allowed {
+                let reason = format!(
+                    "{host} is not allowed by the egress policy ({})",
+                    verdict.rule
+                );
+                log("block", Some(host), reason.clone());
+                reply(&mut stream, "403 Forbidden", &reason).await;
+                return;
+            }
+            if stream
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let rest = buf.split_off(consumed).freeze();
+            let conn = ConnInfo {
+                client,
+                target_host: Some(host),
+                port,
+                sni: None,
+                tls: false,
+            };
+            tunnel::handle(proxy, Prefixed::new(rest, stream), conn).await;
+        }
+        Head::Other => {
+            let conn = ConnInfo {
+                client,
+                target_host: None,
+                port: 80,
+                sni: None,
+                tls: false,
+            };
+            tunnel::serve_http(proxy, Prefixed::new(buf.freeze(), stream), conn).await;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Errors become HTTP responses here, and only here: 403 policy, 421 misdirected, 400 bad
+//! request, 502 upstream failure, 504 upstream timeout. Bodies are one JSON object.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use super::body::{ProxyBody, full};
+use super::decide::BlockInfo;
+
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec(&value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-netcage", HeaderValue::from_static("refused"));
+    resp
+}
+
+/// A request refused by policy or by netcage itself, with the reason.
+pub fn refused(status: StatusCode, host: &str, reason: &str) -> Response<ProxyBody> {
+    json(
+        status,
+        json!({"error": format!("netcage refused this request: {reason}"), "host": host}),
+    )
+}
+
+/// A token that may not go to this host.
+pub fn blocked(info: &BlockInfo) -> Response<ProxyBody> {
+    json(
+        StatusCode::FORBIDDEN,
+        json!({
+            "error": format!("netcage blocked this request: {}", info.reason),
+            "fingerprint": info.fingerprint,
+            "host": info.host,
+            "bound_hosts": info.bound_hosts,
+        }),
+    )
+}
+
+/// Classifies an upstream failure: status and a one-line reason.
+pub fn upstream_failure(
+    err: &(dyn std::error::Error + 'static),
+    authority: &str,
+) -> (StatusCode, String) {
+    let mut chain = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut status = StatusCode::BAD_GATEWAY;
+    let mut reason = None;
+    while let Some(e) = cur {
+        chain.push(e.to_string());
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            reason = Some(format!(
+                "the TLS certificate of {authority} did not verify ({tls}); if this is your own server, pass its CA with --upstream-ca"
+            ));
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    reason.get_or_insert(format!(
+                        "{authority} refused the connection (is the server up?)"
+                    ));
+                }
+                std::io::ErrorKind::TimedOut => {
+                    status = StatusCode::GATEWAY_TIMEOUT;
+                    reason.get_or_insert(format!("{authority} did not answer in time"));
+                }
+                _ => {}
+            }
+        }
+        cur = e.source();
+    }
+    chain.dedup();
+    let reason =
+        reason.unwrap_or_else(|| format!("cannot reach {authority}: {}", chain.join(": ")));
+    (status, reason)
+}

@@ -1,0 +1,432 @@
+//! One HTTP request through the proxy: which host it is for, whether policy lets it go, token
+//! substitution in headers, target and body, the upstream call, and the response on its way back
+//! with real values turned back into tokens.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use zeroize::Zeroizing;
+
+use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
+use super::decide::Decider;
+use super::{ConnInfo, Proxy, respond};
+use crate::audit::Event;
+use crate::hosts;
+use crate::scan::{self, BodyScanner, Redactor};
+
+/// Request bodies with a `Content-Length` up to this size are read whole before anything goes
+/// upstream, so a blocked token stops the request before a byte leaves and `Content-Length`
+/// stays exact after substitution. Larger bodies, and bodies without a length, are streamed
+/// through the scanner and sent without `Content-Length` (chunked on HTTP/1.1).
+pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// Values substituted on one client connection; responses on it must not show them.
+pub type ReflectSet = Arc<Mutex<Vec<(Zeroizing<Vec<u8>>, Vec<u8>)>>>;
+
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+    headers.remove("keep-alive");
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The host a request names: absolute-form / `:authority`, else the Host header. No port.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(host) = req.uri().host() {
+        return Some(hosts::normalize(host));
+    }
+    let value = req.headers().get(header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = value.parse().ok()?;
+    Some(hosts::normalize(authority.host()))
+}
+
+/// Entry point for every request on an intercepted or forwarded connection.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    reflect: ReflectSet,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let mut event = Event::new("request", "allow");
+    event.client = Some(conn.client.to_string());
+    event.sni = conn.sni.clone();
+    event.method = Some(req.method().to_string());
+    event.path = Some(req.uri().path().to_owned());
+    let result = forward(&proxy, &conn, &reflect, req, &mut event, started).await;
+    let resp = match result {
+        Ok(resp) => return Ok(resp),
+        Err(resp) => resp,
+    };
+    event.status = Some(resp.status().as_u16());
+    event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    proxy.cfg.audit.log(&event);
+    Ok(resp)
+}
+
+/// `Ok` = the response whose body writes the audit line when done; `Err` = a refusal to send
+/// now (its audit line is written by the caller).
+async fn forward(
+    proxy: &Arc<Proxy>,
+    conn: &ConnInfo,
+    reflect: &ReflectSet,
+    mut req: Request<Incoming>,
+    event: &mut Event,
+    started: Instant,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    // 1. The host name every decision is made for: the TLS server name (verified upstream),
+    //    which the Host header must agree with.
+    let req_host = request_host(&req);
+    let name = if conn.tls {
+        conn.sni.clone().or_else(|| conn.target_host.clone())
+    } else {
+        req_host.clone().or_else(|| conn.target_host.clone())
+    };
+    let Some(name) = name else {
+        return Err(refuse(
+            event,
+            StatusCode::BAD_REQUEST,
+            "",
+            "the request names no host; netcage is a proxy: send absolute-form requests or CONNECT"
+                .into(),
+        ));
+    };
+    event.host = Some(name.clone());
+    event.dst = Some(format!(
+        "{}:{}",
+        conn.target_host.as_deref().unwrap_or(&name),
+        conn.port
+    ));
+    if let (Some(sni), Some(target)) = (&conn.sni, &conn.target_host)
+        && sni != target
+        && hosts::ip_literal(target).is_none()
+    {
+        return Err(refuse(
+            event,
+            StatusCode::MISDIRECTED_REQUEST,
+            &name,
+            format!("TLS server name {sni} differs from the requested host {target}"),
+        ));
+    }
+    if let Some(req_host) = &req_host
+        && *req_host != name
+    {
+        return Err(refuse(
+            event,
+            StatusCode::MISDIRECTED_REQUEST,
+            &name,
+            format!(
+                "Host {req_host} does not match the TLS server name {name} (domain fronting is refused)"
+            ),
+        ));
+    }
+    let port = if conn.tls || conn.target_host.is_some() {
+        conn.port
+    } else {
+        req.uri().port_u16().unwrap_or(80)
+    };
+
+    // 2. Egress policy.
+    let verdict = proxy.cfg.policy.egress(&name);
+    if !verdict.allowed {
+        return Err(refuse(
+            event,
+            StatusCode::FORBIDDEN,
+            &name,
+            format!(
+                "{name} is not allowed by the egress policy ({})",
+                verdict.rule
+            ),
+        ));
+    }
+
+    // 3. Tokens in headers and target.
+    let decider = Decider::new(proxy.clone(), &name, conn.tls);
+    let mut bad_header = None;
+    for (hname, value) in req.headers_mut().iter_mut() {
+        if memchr::memmem::find(value.as_bytes(), b"starpod").is_none()
+            && !hname.eq(&header::AUTHORIZATION)
+            && !hname.eq(&header::PROXY_AUTHORIZATION)
+        {
+            continue;
+        }
+        let location = format!("header:{hname}");
+        let changed =
+            scan::scan_header_value(value.as_bytes(), &mut |t| decider.decide(&location, t));
+        if let Ok(Some(new)) = changed {
+            match HeaderValue::from_bytes(&new) {
+                Ok(v) => *value = v,
+                Err(_) => bad_header = Some(hname.to_string()),
+            }
+        }
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let target = match scan::scan_target(target.as_bytes(), &mut |t| decider.decide("target", t)) {
+        Ok(Some(new)) => String::from_utf8(new).unwrap_or(target),
+        _ => target,
+    };
+    if let Some(block) = decider.blocked() {
+        return Err(blocked(event, &decider, &block));
+    }
+    if let Some(hname) = bad_header {
+        return Err(refuse(
+            event,
+            StatusCode::BAD_REQUEST,
+            &name,
+            format!("the secret substituted into header {hname} is not a valid header value"),
+        ));
+    }
+
+    // 4. The body: read whole when small and sized, else streamed.
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    let bytes_up = Arc::new(AtomicU64::new(0));
+    let length = incoming.size_hint().exact();
+    let upstream_body = if incoming.is_end_stream() {
+        body::empty()
+    } else if length.is_some_and(|n| n <= BODY_BUFFER_LIMIT) {
+        let data = match incoming.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return Err(refuse(
+                    event,
+                    StatusCode::BAD_REQUEST,
+                    &name,
+                    format!("the client's request body ended early: {e}"),
+                ));
+            }
+        };
+        bytes_up.store(data.len() as u64, Ordering::Relaxed);
+        let mut scanner = BodyScanner::new();
+        let decide = &mut |t: &str| decider.decide("body", t);
+        let out = match (scanner.push(data, decide), scanner.finish(decide)) {
+            (Ok(a), Ok(b)) if b.is_empty() => a,
+            (Ok(a), Ok(b)) => {
+                let mut joined = Vec::with_capacity(a.len() + b.len());
+                joined.extend_from_slice(&a);
+                joined.extend_from_slice(&b);
+                Bytes::from(joined)
+            }
+            _ => Bytes::new(),
+        };
+        if let Some(block) = decider.blocked() {
+            return Err(blocked(event, &decider, &block));
+        }
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        body::full(out)
+    } else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let scan = Substitute {
+            scanner: BodyScanner::new(),
+            decider: decider.clone(),
+        };
+        Transformed::new(incoming, scan, bytes_up.clone()).boxed_unsync()
+    };
+
+    // 5. Values substituted on this connection must not come back in responses.
+    let redactor = {
+        let mut set = reflect.lock().unwrap_or_else(|p| p.into_inner());
+        let record = decider.record.lock().unwrap_or_else(|p| p.into_inner());
+        for (value, token) in &record.substituted {
+            if !set.iter().any(|(v, _)| v == value) {
+                set.push((value.clone(), token.clone()));
+            }
+        }
+        let pairs: Vec<(&[u8], &[u8])> = set
+            .iter()
+            .map(|(v, t)| (v.as_slice(), t.as_slice()))
+            .collect();
+        Redactor::new(&pairs)
+    };
+    if redactor.is_some() {
+        // Compressed responses could hide a reflected value from the redactor.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+
+    // 6. Upstream.
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::HOST);
+    let scheme = if conn.tls { "https" } else { "http" };
+    let authority = match hosts::ip_literal(&name) {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{name}:{port}"),
+    };
+    let uri: Uri = match format!("{scheme}://{authority}{target}").parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return Err(refuse(
+                event,
+                StatusCode::BAD_REQUEST,
+                &name,
+                "the request target is not a valid URI".into(),
+            ));
+        }
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let method = parts.method.clone();
+    let upstream_req = Request::from_parts(parts, upstream_body);
+    let client = if upgrade {
+        &proxy.upstream.http1
+    } else {
+        &proxy.upstream.any
+    };
+    let mut resp = match client.request(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(block) = decider.blocked() {
+                return Err(blocked(event, &decider, &block));
+            }
+            let (status, reason) = respond::upstream_failure(&e, &authority);
+            event.decision = "error";
+            event.reason = Some(reason.clone());
+            event.tokens = decider
+                .record
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .uses
+                .clone();
+            return Err(respond::refused(status, &name, &reason));
+        }
+    };
+    event.status = Some(resp.status().as_u16());
+
+    // 7. The response.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(upstream),
+                )
+                .await;
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        let body = Audited::new(
+            body::empty(),
+            std::mem::take(event),
+            started,
+            bytes_up,
+            Some(decider),
+            proxy.cfg.audit.clone(),
+        );
+        return Ok(Response::from_parts(parts, body.boxed_unsync()));
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body = match redactor {
+        Some(redactor) => {
+            for value in parts.headers.values_mut() {
+                if let Some(new) = redactor.redact(value.as_bytes())
+                    && let Ok(v) = HeaderValue::from_bytes(&new)
+                {
+                    *value = v;
+                }
+            }
+            if method != Method::HEAD {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            Transformed::new(incoming, Redact { redactor }, Arc::default()).boxed_unsync()
+        }
+        None => incoming.map_err(body::BoxError::from).boxed_unsync(),
+    };
+    let body = Audited::new(
+        body,
+        std::mem::take(event),
+        started,
+        bytes_up,
+        Some(decider),
+        proxy.cfg.audit.clone(),
+    );
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+fn refuse(
+    event: &mut Event,
+    status: StatusCode,
+    host: &str,
+    reason: String,
+) -> Response<ProxyBody> {
+    event.decision = "block";
+    event.reason = Some(reason.clone());
+    respond::refused(status, host, &reason)
+}
+
+fn blocked(
+    event: &mut Event,
+    decider: &Decider,
+    block: &super::decide::BlockInfo,
+) -> Response<ProxyBody> {
+    event.decision = "block";
+    event.reason = Some(block.reason.clone());
+    event.tokens = decider
+        .record
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .uses
+        .clone();
+    respond::blocked(block)
+}

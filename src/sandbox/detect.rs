@@ -1,0 +1,78 @@
+//! What this machine allows: CAP_NET_ADMIN, unprivileged user namespaces, the `nft` binary.
+
+use std::path::PathBuf;
+
+use caps::{CapSet, Capability};
+
+/// The facts `doctor` and `--tier auto` decide on.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub cap_net_admin: bool,
+    /// `unshare(CLONE_NEWNET)` works in this process's context (root path).
+    pub netns: Result<(), String>,
+    /// `unshare(CLONE_NEWUSER | CLONE_NEWNET)` works (rootless path).
+    pub userns: Result<(), String>,
+    pub nft: Option<PathBuf>,
+}
+
+pub fn facts() -> Facts {
+    Facts {
+        cap_net_admin: caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)
+            .unwrap_or(false),
+        netns: probe_unshare(libc::CLONE_NEWNET),
+        userns: probe_unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET),
+        nft: find_in_path("nft"),
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Tries `unshare(flags)` in a forked child so this process is left as it was.
+fn probe_unshare(flags: libc::c_int) -> Result<(), String> {
+    // SAFETY: fork in a process that may have other threads: the child calls only
+    // async-signal-safe functions (unshare, __errno_location via the return, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork failed: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: in the forked child; unshare and _exit are async-signal-safe.
+        unsafe {
+            let rc = libc::unshare(flags);
+            let code = if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            libc::_exit(code.clamp(0, 255));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child forked above; status is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if rc != pid || !libc::WIFEXITED(status) {
+        return Err("probe process did not exit normally".into());
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno).to_string()),
+    }
+}
+
+/// Known reasons unprivileged user namespaces are off, for `doctor`.
+pub fn userns_knobs() -> Vec<String> {
+    [
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ]
+    .iter()
+    .filter_map(|p| Some(format!("{p} = {}", std::fs::read_to_string(p).ok()?.trim())))
+    .collect()
+}

@@ -1,0 +1,53 @@
+//! Process attributes for netcage itself and for the child.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+
+/// Makes this process non-dumpable: no core dumps, and other processes of the same user can no
+/// longer ptrace it or read `/proc/<pid>/mem` or `environ`.
+pub fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes plain integers and changes only this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this process is dumpable (for tests and `doctor`).
+pub fn is_dumpable() -> bool {
+    // SAFETY: prctl(PR_GET_DUMPABLE) only reads a flag of this process.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// The child gets SIGKILL when the thread that spawned it (netcage's main thread) dies.
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    // SAFETY: the closure runs between fork and exec and calls only prctl and getppid, which are
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would kill us later.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other(
+                    "netcage exited while starting the command",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill takes plain integers; a stale pid yields ESRCH, which is ignored.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}

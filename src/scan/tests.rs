@@ -1,0 +1,376 @@
+//! Cross-cutting property tests: the streaming scanners against one-shot scans and against a
+//! naive reference implementation of the token grammar.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::body::BodyScanner;
+use super::find::{Encoding, find_tokens_limit, rewrite, write_value};
+use super::*;
+
+/// The token grammar written as plainly as possible, byte by byte.
+fn naive(data: &[u8], limit: usize) -> Vec<(Range<usize>, Form, String)> {
+    let at = |j: usize| data.get(j).copied();
+    let ci = |j: usize, s: &[u8]| {
+        data.get(j..j + s.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(s))
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let raw = data[i..].starts_with(b"starpod:v1:");
+        let pct = data[i..].starts_with(b"starpod%3")
+            && ci(i + 9, b"a")
+            && data[i + 10..].starts_with(b"v1%3")
+            && ci(i + 14, b"a");
+        if !raw && !pct {
+            i += 1;
+            continue;
+        }
+        let mut canon = String::from(PREFIX);
+        let mut j;
+        if raw {
+            j = i + 11;
+            while let Some(b) = at(j) {
+                if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' {
+                    canon.push(b as char);
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            let mut pads = 0;
+            while pads < 2 && at(j) == Some(b'=') {
+                canon.push('=');
+                j += 1;
+                pads += 1;
+            }
+        } else {
+            j = i + 15;
+            loop {
+                match at(j) {
+                    Some(b) if b.is_ascii_alphanumeric() || b == b'/' => {
+                        canon.push(b as char);
+                        j += 1;
+                    }
+                    Some(b'%') if ci(j, b"%2b") => {
+                        canon.push('+');
+                        j += 3;
+                    }
+                    Some(b'%') if ci(j, b"%2f") => {
+                        canon.push('/');
+                        j += 3;
+                    }
+                    _ => break,
+                }
+            }
+            let mut pads = 0;
+            while pads < 2 {
+                if at(j) == Some(b'=') {
+                    j += 1;
+                } else if ci(j, b"%3d") {
+                    j += 3;
+                } else {
+                    break;
+                }
+                canon.push('=');
+                pads += 1;
+            }
+        }
+        if canon.len() <= limit {
+            out.push((i..j, if raw { Form::Raw } else { Form::Percent }, canon));
+        }
+        i = j;
+    }
+    out
+}
+
+/// Rewrite with the naive token list.
+fn naive_rewrite(
+    data: &[u8],
+    limit: usize,
+    decide: &mut dyn FnMut(&str) -> Decision,
+) -> Result<Vec<u8>, Blocked> {
+    let mut out = Vec::new();
+    let mut last = 0;
+    for (r, form, canon) in naive(data, limit) {
+        out.extend_from_slice(&data[last..r.start]);
+        match decide(&canon) {
+            Decision::Keep => out.extend_from_slice(&data[r.clone()]),
+            Decision::Strip => {}
+            Decision::Block => return Err(Blocked),
+            Decision::Substitute(v) => write_value(&v, form, Encoding::LikeToken, &mut out),
+        }
+        last = r.end;
+    }
+    out.extend_from_slice(&data[last..]);
+    Ok(out)
+}
+
+/// A deterministic decision for a canonical token text; `block` allows `Block`.
+fn decision(t: &str, block: bool) -> Decision {
+    let h = t
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    match h % 5 {
+        0 if block => Decision::Block,
+        0 | 1 => Decision::Substitute(Zeroizing::new(b"v/a l+u=e%\xff".to_vec())),
+        2 => Decision::Keep,
+        3 => Decision::Strip,
+        _ => Decision::Substitute(Zeroizing::new(t.as_bytes()[..t.len() / 2].to_vec())),
+    }
+}
+
+/// Stream `data` cut at `cuts` through a scanner; the output (or `Err`) and the tokens seen.
+fn stream(
+    data: &[u8],
+    cuts: &[usize],
+    limit: usize,
+    block: bool,
+) -> (Result<Vec<u8>, Blocked>, Vec<String>) {
+    let mut seen = Vec::new();
+    let mut d = |t: &str| {
+        seen.push(t.to_string());
+        decision(t, block)
+    };
+    let mut s = BodyScanner::with_limit(limit);
+    let mut out = Vec::new();
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut prev = 0;
+    for c in cuts.into_iter().chain([data.len()]) {
+        match s.push(Bytes::copy_from_slice(&data[prev..c]), &mut d) {
+            Ok(o) => out.extend_from_slice(&o),
+            Err(e) => return (Err(e), seen),
+        }
+        assert!(s.held() <= 3 * limit + 32, "held {}", s.held());
+        prev = c;
+    }
+    let r = s.finish(&mut d).map(|o| {
+        out.extend_from_slice(&o);
+        out
+    });
+    (r, seen)
+}
+
+fn fragment() -> impl Strategy<Value = Vec<u8>> {
+    let b64 = proptest::collection::vec(prop::sample::select(b"AZaz09+/Qx".to_vec()), 0..12);
+    let pct_el = prop::sample::select(vec![
+        &b"A"[..],
+        b"z",
+        b"0",
+        b"/",
+        b"%2B",
+        b"%2b",
+        b"%2F",
+        b"%2f",
+        b"%3D",
+        b"%3d",
+        b"=",
+        b"+",
+        b"%",
+        b"%2",
+        b"%3",
+        b"%20",
+        b"%2C",
+        b"s",
+    ]);
+    let prefixes = prop::sample::select(vec![
+        &b"starpod:v1:"[..],
+        b"starpod%3Av1%3A",
+        b"starpod%3av1%3a",
+        b"starpod%3Av1%3a",
+    ]);
+    let partial = (0usize..16, any::<bool>()).prop_map(|(n, raw)| {
+        let p: &[u8] = if raw {
+            b"starpod:v1:"
+        } else {
+            b"starpod%3av1%3A"
+        };
+        p[..n.min(p.len())].to_vec()
+    });
+    prop_oneof![
+        2 => proptest::collection::vec(any::<u8>(), 0..8),
+        2 => (b64, 0usize..4).prop_map(|(mut v, pads)| {
+            let mut t = b"starpod:v1:".to_vec();
+            t.append(&mut v);
+            t.resize(t.len() + pads, b'=');
+            t
+        }),
+        2 => (prefixes, proptest::collection::vec(pct_el.clone(), 0..10)).prop_map(|(p, els)| {
+            let mut t = p.to_vec();
+            for e in els {
+                t.extend_from_slice(e);
+            }
+            t
+        }),
+        1 => partial,
+        1 => pct_el.prop_map(<[u8]>::to_vec),
+        1 => prop::sample::select(vec![&b"star"[..], b"s", b"=", b"==", b"A", b" ", b"starpod"])
+            .prop_map(<[u8]>::to_vec),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(fragment(), 0..12).prop_map(|f| f.concat())
+}
+
+/// A small limit so that over-long runs are common.
+const SMALL: usize = PREFIX.len() + 6;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn find_tokens_matches_naive(data in input()) {
+        for limit in [MAX_TOKEN_LEN, SMALL] {
+            let got: Vec<_> = find_tokens_limit(&data, limit)
+                .map(|f| (f.range, f.form, f.canonical))
+                .collect();
+            prop_assert_eq!(got, naive(&data, limit));
+        }
+    }
+
+    #[test]
+    fn body_scanner_any_chunking(
+        data in input(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        block in any::<bool>(),
+    ) {
+        for limit in [MAX_TOKEN_LEN, SMALL] {
+            let whole = stream(&data, &[], limit, block);
+            let split = stream(&data, &cuts, limit, block);
+            prop_assert_eq!(&split, &whole);
+            // Against the reference.
+            let mut seen = Vec::new();
+            let want = naive_rewrite(&data, limit, &mut |t| {
+                seen.push(t.to_string());
+                decision(t, block)
+            });
+            prop_assert_eq!(&whole.0, &want);
+            prop_assert_eq!(&whole.1, &seen);
+        }
+        // The one-shot rewriters agree (targets differ only in always percent-encoding).
+        let mut seen = Vec::new();
+        let r = rewrite(&data, Encoding::LikeToken, &mut |t| {
+            seen.push(t.to_string());
+            decision(t, block)
+        });
+        let whole = stream(&data, &[], MAX_TOKEN_LEN, block);
+        prop_assert_eq!(r.map(|o| o.unwrap_or_else(|| data.clone())), whole.0);
+        prop_assert_eq!(seen, whole.1);
+    }
+
+    #[test]
+    fn every_chunk_size(data in input()) {
+        let whole = stream(&data, &[], SMALL, false);
+        for n in 1..=data.len().min(24) {
+            let cuts: Vec<usize> = (n..data.len()).step_by(n).collect();
+            prop_assert_eq!(&stream(&data, &cuts, SMALL, false), &whole);
+        }
+    }
+
+    #[test]
+    fn header_and_target_never_panic(data in input(), block in any::<bool>()) {
+        let _ = scan_header_value(&data, &mut |t| decision(t, block));
+        let _ = scan_target(&data, &mut |t| decision(t, block));
+        let mut basic = b"Basic ".to_vec();
+        basic.extend_from_slice(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &data).as_bytes());
+        let _ = scan_header_value(&basic, &mut |t| decision(t, block));
+    }
+
+    #[test]
+    fn header_basic_equals_scan_of_decoded(data in input()) {
+        use base64::Engine as _;
+        let enc = base64::engine::general_purpose::STANDARD;
+        let value = format!("Basic {}", enc.encode(&data));
+        let got = scan_header_value(value.as_bytes(), &mut |t| decision(t, false)).unwrap();
+        let want = rewrite(&data, Encoding::LikeToken, &mut |t| decision(t, false)).unwrap();
+        prop_assert_eq!(got, want.map(|w| format!("Basic {}", enc.encode(w)).into_bytes()));
+    }
+
+    #[test]
+    fn target_values_always_percent_encoded(data in input()) {
+        let value = b"v/a l+u=e%\xff";
+        let got = scan_target(&data, &mut |_| Decision::Substitute(Zeroizing::new(value.to_vec())))
+            .unwrap()
+            .unwrap_or_else(|| data.clone());
+        let n = naive(&data, MAX_TOKEN_LEN);
+        let mut want = Vec::new();
+        let mut last = 0;
+        for (r, _, _) in n {
+            want.extend_from_slice(&data[last..r.start]);
+            want.extend_from_slice(b"v%2Fa%20l%2Bu%3De%25%FF");
+            last = r.end;
+        }
+        want.extend_from_slice(&data[last..]);
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// Value bytes are disjoint from token bytes (`starpod:v1:` + letters), so no value can be made
+/// up of token text.
+const VALUE_ALPHABET: &[u8] = b"#!~-\x80\xff";
+
+fn reflect_case() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>, Vec<usize>)> {
+    let value = proptest::collection::vec(prop::sample::select(VALUE_ALPHABET.to_vec()), 1..10);
+    proptest::collection::vec(value, 1..5).prop_flat_map(|values| {
+        let frag = prop_oneof![
+            (0..values.len()).prop_map({
+                let v = values.clone();
+                move |i| v[i].clone()
+            }),
+            (0..values.len(), 0usize..10).prop_map({
+                let v = values.clone();
+                move |(i, n)| v[i][..n.min(v[i].len())].to_vec()
+            }),
+            proptest::collection::vec(prop::sample::select(VALUE_ALPHABET.to_vec()), 0..4),
+            proptest::collection::vec(any::<u8>(), 0..4),
+        ];
+        (
+            Just(values),
+            proptest::collection::vec(frag, 0..16).prop_map(|f| f.concat()),
+            proptest::collection::vec(any::<usize>(), 0..10),
+        )
+    })
+}
+
+fn contains(h: &[u8], n: &[u8]) -> bool {
+    h.windows(n.len()).any(|w| w == n)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn redactor_any_chunking((values, data, cuts) in reflect_case()) {
+        let tokens: Vec<Vec<u8>> = (0..values.len())
+            .map(|i| format!("starpod:v1:T{}", (b'a' + i as u8) as char).into_bytes())
+            .collect();
+        let pairs: Vec<(&[u8], &[u8])> = values
+            .iter()
+            .zip(&tokens)
+            .map(|(v, t)| (&v[..], &t[..]))
+            .collect();
+        let Some(mut red) = Redactor::new(&pairs) else {
+            prop_assert!(values.iter().all(|v| v.len() < MIN_REFLECT_LEN));
+            return Ok(());
+        };
+        let once = red.redact(&data).unwrap_or_else(|| data.clone());
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for c in cuts.into_iter().chain([data.len()]) {
+            out.extend_from_slice(&red.push(Bytes::copy_from_slice(&data[prev..c])));
+            prev = c;
+        }
+        out.extend_from_slice(&red.finish());
+        prop_assert_eq!(&out, &once);
+        for v in values.iter().filter(|v| v.len() >= MIN_REFLECT_LEN) {
+            prop_assert!(!contains(&out, v), "value {:?} in {:?}", v, out);
+        }
+    }
+}
