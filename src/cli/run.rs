@@ -1,47 +1,151 @@
-//! `netcage run`: the child behind the proxy.
+//! `netcage run`: the command behind the proxy, in the strongest tier available.
 
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
-use anyhow::Context;
-use netcage::ca;
-use netcage::proxy::{Proxy, serve_explicit};
-use netcage::sandbox::{detect, process};
+use anyhow::{Context, anyhow};
+use netcage::ca::{self, CA_BUNDLE, CA_CERT};
+use netcage::proxy::dns::{self, SyntheticNames};
+use netcage::proxy::{Proxy, serve_explicit, serve_transparent};
+use netcage::sandbox::launch::{self, FORWARDED, LaunchSpec};
+use netcage::sandbox::{detect, plan, process};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{child_env, resolve};
+use super::config::{Resolved, child_env, key_path, resolve};
 use super::{RunArgs, Tier};
+
+/// Which tier to run in, and the line that says so.
+enum Chosen {
+    Netns {
+        rootless: bool,
+        nft: std::path::PathBuf,
+    },
+    Env,
+}
+
+fn choose(tier: Tier) -> anyhow::Result<Chosen> {
+    const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
+    if tier == Tier::Env {
+        eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
+        return Ok(Chosen::Env);
+    }
+    let facts = detect::facts();
+    let root = facts.cap_net_admin && facts.netns.is_ok();
+    let why_not = match (&facts.nft, root, &facts.userns) {
+        (None, _, _) => Some("the nft binary is missing (install the nftables package)".to_owned()),
+        (Some(_), true, _) | (Some(_), false, Ok(())) => None,
+        (Some(_), false, Err(e)) => Some(format!(
+            "no CAP_NET_ADMIN and unprivileged user namespaces are unavailable ({e})"
+        )),
+    };
+    match (tier, why_not) {
+        (_, None) => {
+            let how = if root {
+                "root"
+            } else {
+                "rootless, user namespace"
+            };
+            eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
+            Ok(Chosen::Netns {
+                rootless: !root,
+                nft: facts.nft.unwrap_or_default(),
+            })
+        }
+        (Tier::Netns, Some(why)) => Err(anyhow!(
+            "Tier 1 (--tier netns) is impossible here: {why}; run `netcage doctor`, or use --tier env and accept its limits"
+        )),
+        (_, Some(why)) => {
+            eprintln!(
+                "netcage: WARNING: Tier 0 (env) because {why}: {TIER0}; use --tier netns to refuse instead"
+            );
+            Ok(Chosen::Env)
+        }
+    }
+}
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     let resolved = resolve(&args.key, &args.policy)?;
-    match args.tier {
-        Tier::Netns => anyhow::bail!(
-            "Tier 1 (--tier netns) is not available in this build yet; run `netcage doctor`, or use --tier env and accept its limits"
-        ),
-        Tier::Auto => {
-            let facts = detect::facts();
-            let why = if facts.cap_net_admin || facts.userns.is_ok() {
-                "this build has no network-namespace sandbox yet"
-            } else {
-                "no CAP_NET_ADMIN and no unprivileged user namespaces"
-            };
-            eprintln!(
-                "netcage: Tier 0 (env) because {why}: only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open"
-            );
-        }
-        Tier::Env => eprintln!(
-            "netcage: Tier 0 (env): only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly"
-        ),
+    match choose(args.tier)? {
+        Chosen::Env => runtime()?.block_on(run_env_tier(args, resolved)),
+        Chosen::Netns { rootless, nft } => run_netns_tier(args, resolved, rootless, nft),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run_env_tier(args, resolved))
 }
 
-async fn run_env_tier(args: RunArgs, resolved: super::config::Resolved) -> anyhow::Result<u8> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Tier 1. The sandbox is forked before the runtime starts any thread.
+fn run_netns_tier(
+    args: RunArgs,
+    resolved: Resolved,
+    rootless: bool,
+    nft: std::path::PathBuf,
+) -> anyhow::Result<u8> {
+    let cfg = resolved.proxy;
+    let data_dir = std::fs::canonicalize(&args.key.data_dir).with_context(|| {
+        format!(
+            "cannot resolve the data dir {}",
+            args.key.data_dir.display()
+        )
+    })?;
+    let key_file =
+        std::fs::canonicalize(key_path(&args.key)).unwrap_or_else(|_| key_path(&args.key));
+    let public = vec![
+        (CA_BUNDLE.to_owned(), std::fs::read(cfg.ca.bundle_path())?),
+        (CA_CERT.to_owned(), std::fs::read(cfg.ca.cert_path())?),
+    ];
+    let mut env: Vec<_> = child_env(&resolved.sealed_env)
+        .into_iter()
+        .filter(|(k, _)| !plan::PROXY_VARS.iter().any(|p| k == p))
+        .collect();
+    for (var, path) in ca::trust_env(&data_dir.join(CA_BUNDLE), &data_dir.join(CA_CERT)) {
+        env.retain(|(k, _)| k != var);
+        env.push((var.into(), path.into()));
+    }
+    let spec = LaunchSpec {
+        rootless,
+        nft,
+        mounts: plan::mount_plan(&data_dir, &key_file, public),
+        program: args.command[0].clone(),
+        args: args.command[1..].to_vec(),
+        env,
+    };
+    let launched = launch::launch(&spec).map_err(|e| {
+        anyhow!("cannot build the sandbox: {e}; run `netcage doctor`, or use --tier env")
+    })?;
+    let holder = launched.holder;
+    runtime()?.block_on(async move {
+        let proxy = Proxy::new(cfg)?;
+        let names = Arc::new(SyntheticNames::default());
+        for l in launched.sockets.tcp {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::spawn(serve_transparent(proxy.clone(), names.clone(), l));
+        }
+        for s in launched.sockets.dns_udp {
+            s.set_nonblocking(true)?;
+            let s = tokio::net::UdpSocket::from_std(s)?;
+            tokio::spawn(dns::serve_udp(proxy.clone(), names.clone(), s));
+        }
+        for l in launched.sockets.dns_tcp {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::spawn(dns::serve_tcp(proxy.clone(), names.clone(), l));
+        }
+        let pid = holder.as_raw() as u32;
+        let wait = tokio::task::spawn_blocking(move || launch::wait(holder));
+        let code = forward_signals_until(pid, wait).await?;
+        Ok(code.clamp(0, 255) as u8)
+    })
+}
+
+/// Tier 0: proxy variables only.
+async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let bundle = resolved.proxy.ca.bundle_path().to_owned();
     let ca_cert = resolved.proxy.ca.cert_path().to_owned();
     let proxy = Proxy::new(resolved.proxy)?;
@@ -75,33 +179,23 @@ async fn run_env_tier(args: RunArgs, resolved: super::config::Resolved) -> anyho
         .spawn()
         .with_context(|| format!("cannot start {}", args.command[0].to_string_lossy()))?;
     let pid = child.id().unwrap_or(0);
-    let status = wait_forwarding_signals(&mut child, pid).await?;
-    Ok(exit_code(status))
+    let wait = tokio::spawn(async move { child.wait().await.map(exit_code).unwrap_or(1) });
+    let code = forward_signals_until(pid, wait).await?;
+    Ok(code.clamp(0, 255) as u8)
 }
 
-/// Waits for the child, passing on the signals a supervisor would send to netcage.
-pub async fn wait_forwarding_signals(
-    child: &mut tokio::process::Child,
+/// Passes SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 on to `pid` until `wait` yields the exit code.
+/// SIGINT and SIGQUIT come from the terminal to the command too, so netcage only survives them.
+async fn forward_signals_until(
     pid: u32,
-) -> anyhow::Result<std::process::ExitStatus> {
-    let kinds = [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ];
-    let mut streams = Vec::new();
-    for kind in kinds {
-        streams.push((
-            kind.as_raw_value(),
-            signal(kind).context("cannot install signal handlers")?,
-        ));
-    }
+    wait: tokio::task::JoinHandle<i32>,
+) -> anyhow::Result<i32> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for (raw, mut stream) in streams {
+    for sig in FORWARDED {
+        let mut stream =
+            signal(SignalKind::from_raw(*sig as i32)).context("cannot install signal handlers")?;
         let tx = tx.clone();
+        let raw = *sig as i32;
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
                 if tx.send(raw).is_err() {
@@ -110,19 +204,27 @@ pub async fn wait_forwarding_signals(
             }
         });
     }
+    let mut quiet = Vec::new();
+    for kind in [SignalKind::interrupt(), SignalKind::quit()] {
+        let mut stream = signal(kind).context("cannot install signal handlers")?;
+        quiet.push(tokio::spawn(async move {
+            while stream.recv().await.is_some() {}
+        }));
+    }
+    tokio::pin!(wait);
     loop {
         tokio::select! {
-            status = child.wait() => return status.context("cannot wait for the command"),
+            code = &mut wait => return code.context("waiting for the command failed"),
             Some(sig) = rx.recv() => process::send_signal(pid, sig),
         }
     }
 }
 
 /// The child's exit code, or 128 + signal number like a shell.
-pub fn exit_code(status: std::process::ExitStatus) -> u8 {
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
         _ => 1,
     }
 }

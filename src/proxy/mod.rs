@@ -1,6 +1,8 @@
 //! The TLS-intercepting proxy (DESIGN §5).
 //!
 //! ```text
+//! transparent.rs Tier 1 accept loop: original destination from the socket, synthetic names
+//! dns.rs       the sandbox's resolver: synthetic addresses, NXDOMAIN for denied names
 //! explicit.rs  accept loop for HTTP forward-proxy requests and CONNECT (Tier 0)
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
@@ -14,11 +16,13 @@
 
 mod body;
 mod decide;
+pub mod dns;
 mod explicit;
 mod io;
 mod respond;
 mod service;
 mod tls;
+mod transparent;
 mod tunnel;
 mod upstream;
 
@@ -34,6 +38,7 @@ use crate::policy::Policy;
 use crate::token::Key;
 
 pub use explicit::serve_explicit;
+pub use transparent::serve_transparent;
 
 /// Everything the proxy needs; built once, shared by every connection.
 pub struct ProxyConfig {

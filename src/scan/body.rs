@@ -253,8 +253,11 @@ impl BodyScanner {
                         // An unfinished escape that was not part of the token: plain bytes
                         // (`%` and hex digits cannot start a token).
                         out.bytes(rest);
-                        held.clear();
-                        self.held = held;
+                        // Keep a small buffer for the next token; give a large one back.
+                        if held.capacity() <= 4096 {
+                            held.clear();
+                            self.held = held;
+                        }
                     }
                     pos = end;
                 }

@@ -1,7 +1,8 @@
 //! Response side: real secret values are turned back into their tokens, so the sandboxed
 //! program never sees a value even when a server echoes it.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::packed;
+use aho_corasick::{AhoCorasick, MatchKind, PatternID};
 use bytes::Bytes;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -9,22 +10,34 @@ use super::MIN_REFLECT_LEN;
 
 /// Replaces secret values with their tokens, in one-shot data or in a stream.
 ///
-/// Matching is leftmost-longest and non-overlapping, and a streamed value split across chunks
-/// is still found: the output of `push`…`finish` is the same for every chunking, and equal to
-/// [`Redactor::redact`] of the whole. At most the length of the longest value minus one byte is
-/// held back between chunks.
+/// Matching is leftmost-longest and non-overlapping (`aho-corasick`: its packed SIMD searcher
+/// when it can be built for the values, else an automaton), and a streamed value split across
+/// chunks is still found: the output of `push`…`finish` is the same for every chunking, and equal
+/// to [`Redactor::redact`] of the whole. Less than the length of the longest value is held back
+/// between chunks. A chunk in which nothing is found and before which nothing is held is passed
+/// on without copying (minus its held-back tail).
 ///
 /// The bytes held back (which may be part of a value) are wiped when released or dropped.
 /// The matcher keeps its own copy of the values (inside `aho-corasick`), which is not wiped.
 pub struct Redactor {
-    ac: AhoCorasick,
+    matcher: Matcher,
     /// Token text for each pattern id.
     tokens: Vec<Box<[u8]>>,
     /// Length of the longest value.
     max_len: usize,
-    /// Stream bytes not yet released.
+    /// Stream bytes not yet released (fewer than `max_len`).
     held: Zeroizing<Vec<u8>>,
 }
+
+enum Matcher {
+    /// Teddy: fast for the few values a connection has.
+    Packed(packed::Searcher),
+    /// Any number of values.
+    Automaton(AhoCorasick),
+}
+
+/// A match: start, end, pattern.
+type Hit = (usize, usize, PatternID);
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,46 +50,118 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// `pairs`: (secret value, token text). Values shorter than [`MIN_REFLECT_LEN`] are ignored;
-    /// `None` if no pair remains (or the matcher cannot be built).
+    /// `pairs`: (secret value, token text). Values shorter than [`MIN_REFLECT_LEN`] are ignored
+    /// (and of equal values, all but the first); `None` if no pair remains (or the matcher cannot
+    /// be built).
     pub fn new(pairs: &[(&[u8], &[u8])]) -> Option<Self> {
-        let kept: Vec<&(&[u8], &[u8])> = pairs
-            .iter()
-            .filter(|(v, _)| v.len() >= MIN_REFLECT_LEN)
-            .collect();
+        Self::build(pairs, true)
+    }
+
+    pub(crate) fn build(pairs: &[(&[u8], &[u8])], allow_packed: bool) -> Option<Self> {
+        let mut kept: Vec<(&[u8], &[u8])> = Vec::new();
+        for &(v, t) in pairs {
+            if v.len() >= MIN_REFLECT_LEN && !kept.iter().any(|(k, _)| *k == v) {
+                kept.push((v, t));
+            }
+        }
         if kept.is_empty() {
             return None;
         }
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(kept.iter().map(|(v, _)| *v))
-            .ok()?;
+        let values = kept.iter().map(|(v, _)| *v);
+        let packed = if allow_packed {
+            packed::Config::new()
+                .match_kind(packed::MatchKind::LeftmostLongest)
+                .builder()
+                .extend(values.clone())
+                .build()
+        } else {
+            None
+        };
+        let matcher = match packed {
+            Some(p) => Matcher::Packed(p),
+            None => Matcher::Automaton(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(values)
+                    .ok()?,
+            ),
+        };
         Some(Redactor {
-            ac,
+            matcher,
             tokens: kept.iter().map(|(_, t)| Box::<[u8]>::from(*t)).collect(),
-            max_len: kept.iter().map(|(v, _)| v.len()).max().unwrap_or(0),
+            max_len: kept.iter().map(|(v, _)| v.len()).max().unwrap_or(1),
             held: Zeroizing::new(Vec::new()),
         })
     }
 
-    fn token(&self, id: aho_corasick::PatternID) -> &[u8] {
+    fn token(&self, id: PatternID) -> &[u8] {
         self.tokens.get(id.as_usize()).map_or(&[][..], |t| &t[..])
+    }
+
+    /// The leftmost-longest matches in `data` from `from` on that start before `stop`, into
+    /// `hits`. Returns the end of what is decided: the end of the last match or `stop`, whichever
+    /// is later (at most `data.len()`).
+    ///
+    /// With `stop <= data.len() + 1 - max_len`, every match starting before `stop` lies inside
+    /// `data` whatever follows it, and so does every match that could compete with it: the
+    /// result does not depend on what follows `data`.
+    fn matches(&self, data: &[u8], from: usize, stop: usize, hits: &mut Vec<Hit>) -> usize {
+        let hay = data.get(from..).unwrap_or_default();
+        let mut end = from;
+        let mut take = |m: aho_corasick::Match| {
+            let s = from + m.start();
+            if s >= stop {
+                return false;
+            }
+            end = from + m.end();
+            hits.push((s, end, m.pattern()));
+            true
+        };
+        match &self.matcher {
+            Matcher::Packed(p) => {
+                for m in p.find_iter(hay) {
+                    if !take(m) {
+                        break;
+                    }
+                }
+            }
+            Matcher::Automaton(a) => {
+                for m in a.find_iter(hay) {
+                    if !take(m) {
+                        break;
+                    }
+                }
+            }
+        }
+        end.max(stop).min(data.len())
+    }
+
+    /// Append `data[from..end]` with the `hits` replaced by their tokens.
+    fn render(&self, data: &[u8], from: usize, end: usize, hits: &[Hit], out: &mut Vec<u8>) {
+        let mut pos = from;
+        for &(s, e, id) in hits {
+            out.extend_from_slice(data.get(pos..s).unwrap_or_default());
+            out.extend_from_slice(self.token(id));
+            pos = e;
+        }
+        out.extend_from_slice(data.get(pos..end).unwrap_or_default());
+    }
+
+    /// Where a stream that goes on after `len` bytes is decided up to (see `matches`).
+    fn safe(&self, len: usize) -> usize {
+        (len + 1).saturating_sub(self.max_len)
     }
 
     /// Replace every value in `data`. `None`: no value found.
     pub fn redact(&self, data: &[u8]) -> Option<Vec<u8>> {
-        let mut out: Option<Vec<u8>> = None;
-        let mut last = 0;
-        for m in self.ac.find_iter(data) {
-            let o = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
-            o.extend_from_slice(data.get(last..m.start()).unwrap_or_default());
-            o.extend_from_slice(self.token(m.pattern()));
-            last = m.end();
+        let mut hits = Vec::new();
+        let end = self.matches(data, 0, data.len(), &mut hits);
+        if hits.is_empty() {
+            return None;
         }
-        out.map(|mut o| {
-            o.extend_from_slice(data.get(last..).unwrap_or_default());
-            o
-        })
+        let mut out = Vec::with_capacity(data.len());
+        self.render(data, 0, end, &hits, &mut out);
+        Some(out)
     }
 
     /// Feed one chunk of a stream; returns the bytes that are ready (may be empty).
@@ -84,29 +169,41 @@ impl Redactor {
         if chunk.is_empty() {
             return chunk;
         }
-        if self.held.is_empty() {
-            // Work on the chunk itself; only its tail is copied (to be held).
-            let (out, release) = self.process(&chunk, false);
-            self.held
-                .extend_from_slice(chunk.get(release..).unwrap_or_default());
-            return match out {
-                None => chunk.slice(..release.min(chunk.len())),
-                Some(o) => Bytes::from(o),
-            };
+        let mut hits = Vec::new();
+        let h = self.held.len();
+        if h > 0 && chunk.len() <= self.max_len {
+            // A small chunk: join it to what is held (fewer than 2 * max_len bytes).
+            self.hold(&chunk);
+            let held = std::mem::take(&mut self.held);
+            let end = self.matches(&held, 0, self.safe(held.len()), &mut hits);
+            let mut out = Vec::with_capacity(end + 64);
+            self.render(&held, 0, end, &hits, &mut out);
+            self.held = held;
+            self.drop_front(end);
+            return Bytes::from(out);
         }
-        let need = self.held.len() + chunk.len();
-        if need > self.held.capacity() {
-            // Grow by hand so the old buffer is wiped, not just freed.
-            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.held.capacity())));
-            bigger.extend_from_slice(&self.held);
-            self.held = bigger;
+        let mut out = Vec::new();
+        let mut from = 0;
+        if h > 0 {
+            // The junction: matches starting in the held bytes end within `max_len` bytes of the
+            // chunk, so those suffice to decide them.
+            let mut joint = Zeroizing::new(Vec::with_capacity(h + self.max_len));
+            joint.extend_from_slice(&self.held);
+            joint.extend_from_slice(chunk.get(..self.max_len).unwrap_or_default());
+            let end = self.matches(&joint, 0, h, &mut hits);
+            out.reserve(chunk.len() + h + 64);
+            self.render(&joint, 0, end, &hits, &mut out);
+            self.held.zeroize();
+            from = end.saturating_sub(h);
+            hits.clear();
         }
-        self.held.extend_from_slice(&chunk);
-        let held = std::mem::take(&mut self.held);
-        let (out, release) = self.process(&held, false);
-        let out = out.unwrap_or_else(|| held.get(..release).unwrap_or_default().to_vec());
-        self.held = held;
-        self.drop_front(release);
+        let stop = self.safe(chunk.len()).max(from);
+        let end = self.matches(&chunk, from, stop, &mut hits);
+        self.hold(chunk.get(end..).unwrap_or_default());
+        if h == 0 && hits.is_empty() {
+            return chunk.slice(..end);
+        }
+        self.render(&chunk, from, end, &hits, &mut out);
         Bytes::from(out)
     }
 
@@ -123,32 +220,15 @@ impl Redactor {
         self.held.len()
     }
 
-    /// Redact `data` up to the point where the result cannot depend on what follows. Returns
-    /// the output (`None`: it is `data[..release]` unchanged) and `release`.
-    fn process(&self, data: &[u8], last: bool) -> (Option<Vec<u8>>, usize) {
-        // A match starting before `safe` lies entirely inside `data`, whatever follows, and so
-        // does every match that could compete with it.
-        let safe = if last {
-            data.len()
-        } else {
-            (data.len() + 1).saturating_sub(self.max_len)
-        };
-        let mut out: Option<Vec<u8>> = None;
-        let mut pos = 0;
-        for m in self.ac.find_iter(data) {
-            if m.start() >= safe {
-                break;
-            }
-            let o = out.get_or_insert_with(|| Vec::with_capacity(data.len()));
-            o.extend_from_slice(data.get(pos..m.start()).unwrap_or_default());
-            o.extend_from_slice(self.token(m.pattern()));
-            pos = m.end();
+    /// Append to the held bytes, growing by hand so that an old buffer is wiped, not just freed.
+    fn hold(&mut self, data: &[u8]) {
+        let need = self.held.len() + data.len();
+        if need > self.held.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.max_len)));
+            bigger.extend_from_slice(&self.held);
+            self.held = bigger;
         }
-        let release = pos.max(safe).min(data.len());
-        if let Some(o) = out.as_mut() {
-            o.extend_from_slice(data.get(pos..release).unwrap_or_default());
-        }
-        (out, release)
+        self.held.extend_from_slice(data);
     }
 
     /// Remove the first `n` held bytes, wiping the vacated tail.
@@ -230,6 +310,32 @@ mod tests {
         out.extend_from_slice(&red.push(Bytes::from_static(b" ghp_secret1")));
         out.extend_from_slice(&red.finish());
         assert_eq!(out, b"nothing to see here, really starpod:v1:AAA");
+    }
+
+    #[test]
+    fn both_engines() {
+        let pairs: [(&[u8], &[u8]); 2] = [(b"secret-one", b"T1"), (b"secret-one-two", b"T2")];
+        let packed = Redactor::build(&pairs, true).unwrap();
+        let automaton = Redactor::build(&pairs, false).unwrap();
+        assert!(matches!(automaton.matcher, Matcher::Automaton(_)));
+        let data = b"secret-one-two secret-one-tw secret-onesecret-one";
+        for r in [packed, automaton] {
+            assert_eq!(r.redact(data).unwrap(), b"T2 T1-tw T1T1");
+        }
+    }
+
+    #[test]
+    fn long_chunks_junction() {
+        // Chunks longer than the longest value: the junction path.
+        let mut data = vec![b'.'; 100];
+        data.extend_from_slice(b"ghp_secret1_longer");
+        data.extend_from_slice(&[b'.'; 100]);
+        data.extend_from_slice(b"other-secret");
+        let want = r().redact(&data).unwrap();
+        let mut red = r();
+        for n in [19, 20, 50, 101, 105, 117, 118, 119, 200, 230] {
+            assert_eq!(stream(&mut red, &data, n), want, "chunk size {n}");
+        }
     }
 
     #[test]

@@ -314,8 +314,10 @@ proptest! {
 /// up of token text.
 const VALUE_ALPHABET: &[u8] = b"#!~-\x80\xff";
 
-fn reflect_case() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>, Vec<usize>)> {
-    let value = proptest::collection::vec(prop::sample::select(VALUE_ALPHABET.to_vec()), 1..10);
+fn reflect_case(
+    alphabet: &'static [u8],
+) -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>, Vec<usize>)> {
+    let value = proptest::collection::vec(prop::sample::select(alphabet.to_vec()), 1..12);
     proptest::collection::vec(value, 1..5).prop_flat_map(|values| {
         let frag = prop_oneof![
             (0..values.len()).prop_map({
@@ -326,13 +328,15 @@ fn reflect_case() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<u8>, Vec<usize>)> 
                 let v = values.clone();
                 move |(i, n)| v[i][..n.min(v[i].len())].to_vec()
             }),
-            proptest::collection::vec(prop::sample::select(VALUE_ALPHABET.to_vec()), 0..4),
+            proptest::collection::vec(prop::sample::select(alphabet.to_vec()), 0..4),
             proptest::collection::vec(any::<u8>(), 0..4),
+            // Long runs without values: the junction path of long chunks.
+            (0usize..40).prop_map(|n| vec![b'.'; n]),
         ];
         (
             Just(values),
-            proptest::collection::vec(frag, 0..16).prop_map(|f| f.concat()),
-            proptest::collection::vec(any::<usize>(), 0..10),
+            proptest::collection::vec(frag, 0..24).prop_map(|f| f.concat()),
+            proptest::collection::vec(any::<usize>(), 0..8),
         )
     })
 }
@@ -341,11 +345,27 @@ fn contains(h: &[u8], n: &[u8]) -> bool {
     h.windows(n.len()).any(|w| w == n)
 }
 
+/// Stream `data` cut at `cuts` through `red`.
+fn redact_stream(red: &mut Redactor, data: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts.into_iter().chain([data.len()]) {
+        out.extend_from_slice(&red.push(Bytes::copy_from_slice(&data[prev..c])));
+        assert!(red.held() < 64);
+        prev = c;
+    }
+    out.extend_from_slice(&red.finish());
+    assert_eq!(red.held(), 0);
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn redactor_any_chunking((values, data, cuts) in reflect_case()) {
+    fn redactor_any_chunking((values, data, cuts) in reflect_case(VALUE_ALPHABET)) {
         let tokens: Vec<Vec<u8>> = (0..values.len())
             .map(|i| format!("starpod:v1:T{}", (b'a' + i as u8) as char).into_bytes())
             .collect();
@@ -354,23 +374,37 @@ proptest! {
             .zip(&tokens)
             .map(|(v, t)| (&v[..], &t[..]))
             .collect();
-        let Some(mut red) = Redactor::new(&pairs) else {
+        let Some(red) = Redactor::new(&pairs) else {
             prop_assert!(values.iter().all(|v| v.len() < MIN_REFLECT_LEN));
             return Ok(());
         };
         let once = red.redact(&data).unwrap_or_else(|| data.clone());
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut out = Vec::new();
-        let mut prev = 0;
-        for c in cuts.into_iter().chain([data.len()]) {
-            out.extend_from_slice(&red.push(Bytes::copy_from_slice(&data[prev..c])));
-            prev = c;
+        for packed in [true, false] {
+            let Some(mut red) = Redactor::build(&pairs, packed) else {
+                return Err(TestCaseError::fail("no redactor"));
+            };
+            prop_assert_eq!(red.redact(&data).unwrap_or_else(|| data.clone()), once.clone());
+            prop_assert_eq!(redact_stream(&mut red, &data, &cuts), once.clone());
         }
-        out.extend_from_slice(&red.finish());
-        prop_assert_eq!(&out, &once);
         for v in values.iter().filter(|v| v.len() >= MIN_REFLECT_LEN) {
-            prop_assert!(!contains(&out, v), "value {:?} in {:?}", v, out);
+            prop_assert!(!contains(&once, v), "value {:?} in {:?}", v, once);
         }
+    }
+
+    /// Any bytes at all: the engines agree and the stream equals the one-shot.
+    #[test]
+    fn redactor_any_bytes((values, data, cuts) in reflect_case(b"ab\x00\xffxy")) {
+        let pairs: Vec<(&[u8], &[u8])> = values.iter().map(|v| (&v[..], &b"<T>"[..])).collect();
+        let Some(red) = Redactor::new(&pairs) else {
+            return Ok(());
+        };
+        let once = red.redact(&data).unwrap_or_else(|| data.clone());
+        let Some(mut auto) = Redactor::build(&pairs, false) else {
+            return Err(TestCaseError::fail("no redactor"));
+        };
+        prop_assert_eq!(auto.redact(&data).unwrap_or_else(|| data.clone()), once.clone());
+        prop_assert_eq!(redact_stream(&mut auto, &data, &cuts), once.clone());
+        let mut red = red;
+        prop_assert_eq!(redact_stream(&mut red, &data, &cuts), once);
     }
 }

@@ -1,0 +1,86 @@
+//! Tier 1's listener: connections redirected by the namespace's nft rules. The original
+//! destination comes from the socket (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST); a synthetic DNS
+//! address is mapped back to its name.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::dns::SyntheticNames;
+use super::{ConnInfo, Proxy, tunnel};
+use crate::audit::Event;
+
+/// Accepts redirected connections until the listener fails for good.
+pub async fn serve_transparent(
+    proxy: Arc<Proxy>,
+    names: Arc<SyntheticNames>,
+    listener: TcpListener,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(handle(proxy.clone(), names.clone(), stream, client));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    // A connection made straight to the proxy's own port was not redirected.
+    (dst != local).then_some(dst)
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    names: Arc<SyntheticNames>,
+    stream: TcpStream,
+    client: SocketAddr,
+) {
+    let Some(dst) = original_dst(&stream) else {
+        let conn = ConnInfo {
+            client,
+            target_host: None,
+            port: 443,
+            sni: None,
+            tls: false,
+        };
+        tunnel::handle(proxy, stream, conn).await;
+        return;
+    };
+    let target_host = match names.name_of(dst.ip()) {
+        Some(name) => name,
+        None if SyntheticNames::is_synthetic(dst.ip()) => {
+            let mut event = Event::new("connection", "block");
+            event.client = Some(client.to_string());
+            event.dst = Some(dst.to_string());
+            event.reason = Some("synthetic address that netcage's DNS never handed out".into());
+            proxy.cfg.audit.log(&event);
+            return;
+        }
+        None => match dst.ip() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => v6.to_canonical().to_string(),
+        },
+    };
+    let conn = ConnInfo {
+        client,
+        target_host: Some(target_host),
+        port: dst.port(),
+        sni: None,
+        tls: false,
+    };
+    tunnel::handle(proxy, stream, conn).await;
+}

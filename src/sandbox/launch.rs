@@ -1,0 +1,357 @@
+//! Tier 1: builds the sandbox and starts the command in it (DESIGN §4).
+//!
+//! ```text
+//! netcage (proxy, host namespaces) ── fork, before any thread ──▶ holder
+//!   holder: unshare(user? | net | mount | pid), uid/gid map, lo + local routes, listeners,
+//!           nft rules, tmpfs over the data dir; sends the listeners back (SCM_RIGHTS)
+//!     └─ fork ─▶ init (pid 1 of the new pid namespace): mounts /proc, starts the command
+//!           └─ command: no capabilities (bounding set too), no_new_privs, PDEATHSIG
+//! ```
+//! Every process gets PDEATHSIG, and the namespaces are anonymous: when netcage dies, the
+//! holder dies, init dies, the pid namespace kills the rest, and the namespaces vanish.
+
+use std::ffi::OsString;
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, getppid};
+
+use super::plan::{MountPlan, Ports, nft_ruleset};
+use super::{fdpass, netlink, nft};
+
+/// What to build and run.
+pub struct LaunchSpec {
+    /// No CAP_NET_ADMIN: use a user namespace.
+    pub rootless: bool,
+    pub nft: PathBuf,
+    pub mounts: MountPlan,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// The namespace's sockets, now owned by the proxy.
+pub struct SandboxSockets {
+    pub tcp: Vec<TcpListener>,
+    pub dns_udp: Vec<UdpSocket>,
+    pub dns_tcp: Vec<TcpListener>,
+}
+
+pub struct Launched {
+    pub holder: Pid,
+    pub sockets: SandboxSockets,
+}
+
+/// Signals passed on to the command. SIGINT/SIGQUIT come from the terminal to the whole
+/// process group, the command included, so they are not passed on a second time.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Forks the holder and waits until the sandbox is ready or has failed. Must be called while
+/// this process has one thread.
+pub fn launch(spec: &LaunchSpec) -> Result<Launched, String> {
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    let uid = Uid::current();
+    let gid = Gid::current();
+    let parent = Pid::this();
+    // SAFETY: the caller guarantees this process is single-threaded, so the child may do
+    // anything the parent could (allocate, run a current-thread runtime) before it execs.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            drop(parent_end);
+            let code = holder(spec, child_end, parent, uid, gid);
+            // SAFETY: _exit ends the forked child without running the parent's atexit handlers
+            // or flushing its stdio buffers a second time.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(child_end);
+            let (text, fds) =
+                fdpass::recv(&parent_end).map_err(|e| format!("reading from the sandbox: {e}"))?;
+            if let Some(kinds) = text.strip_prefix("ok:") {
+                Ok(Launched {
+                    holder: child,
+                    sockets: sockets_from(kinds, fds),
+                })
+            } else {
+                let _ = waitpid(child, None);
+                Err(text
+                    .strip_prefix("err:")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| "the sandbox process died while starting".into()))
+            }
+        }
+    }
+}
+
+fn sockets_from(kinds: &str, fds: Vec<OwnedFd>) -> SandboxSockets {
+    let mut out = SandboxSockets {
+        tcp: Vec::new(),
+        dns_udp: Vec::new(),
+        dns_tcp: Vec::new(),
+    };
+    for (kind, fd) in kinds.split(',').zip(fds) {
+        match kind {
+            "tcp" => out.tcp.push(TcpListener::from(fd)),
+            "dns" => out.dns_udp.push(UdpSocket::from(fd)),
+            "dnstcp" => out.dns_tcp.push(TcpListener::from(fd)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Waits for the holder (blocking); its exit code is the command's.
+pub fn wait(holder: Pid) -> i32 {
+    loop {
+        match waitpid(holder, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// The holder process: builds the namespaces, reports to the parent, then supervises init.
+fn holder(spec: &LaunchSpec, sock: OwnedFd, parent: Pid, uid: Uid, gid: Gid) -> i32 {
+    let built = build(spec, parent, uid, gid);
+    let sent = match &built {
+        Ok((kinds, fds)) => {
+            let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            fdpass::send(&sock, &format!("ok:{kinds}"), &raw)
+        }
+        Err(msg) => fdpass::send(&sock, &format!("err:{msg}"), &[]),
+    };
+    drop(built);
+    drop(sock);
+    if sent.is_err() {
+        return 1;
+    }
+    let mask = supervisor_mask();
+    if mask.thread_block().is_err() || unshare(CloneFlags::CLONE_NEWPID).is_err() {
+        return 1;
+    }
+    // SAFETY: the holder is single-threaded (its netlink runtime was current-thread and is gone).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = init(spec);
+            // SAFETY: ends the forked child without the parent's atexit handlers.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => supervise(child, &mask, false),
+        Err(_) => 1,
+    }
+}
+
+fn build(
+    spec: &LaunchSpec,
+    parent: Pid,
+    uid: Uid,
+    gid: Gid,
+) -> Result<(String, Vec<OwnedFd>), String> {
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PDEATHSIG: {e}"))?;
+    if getppid() != parent {
+        return Err("netcage exited while the sandbox was starting".into());
+    }
+    // The pid namespace comes last, just before init is forked: the first process forked after
+    // it (here that would be `nft`) becomes its pid 1.
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    if spec.rootless {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| {
+        format!(
+            "unshare({}): {e}",
+            if spec.rootless {
+                "user, net, mount"
+            } else {
+                "net, mount"
+            }
+        )
+    })?;
+    if spec.rootless {
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/self/{file}"), text)
+                .map_err(|e| format!("write /proc/self/{file}: {e}"))
+        };
+        write("setgroups", "deny".into())?;
+        write("uid_map", format!("{uid} {uid} 1"))?;
+        write("gid_map", format!("{gid} {gid} 1"))?;
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts private: {e}"))?;
+    netlink::isolate_loopback()?;
+
+    let mut kinds = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut ports = Ports::default();
+    let tcp4 = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listen 127.0.0.1: {e}"))?;
+    ports.tcp4 = tcp4.local_addr().map(|a| a.port()).unwrap_or(0);
+    kinds.push("tcp");
+    fds.push(tcp4.into());
+    if let Ok(tcp6) = TcpListener::bind("[::1]:0") {
+        ports.tcp6 = tcp6.local_addr().map(|a| a.port()).unwrap_or(0);
+        kinds.push("tcp");
+        fds.push(tcp6.into());
+    }
+    let dns4 = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("DNS socket: {e}"))?;
+    ports.dns4 = dns4.local_addr().map(|a| a.port()).unwrap_or(0);
+    kinds.push("dns");
+    fds.push(dns4.into());
+    if let Ok(dns6) = UdpSocket::bind("[::1]:0") {
+        ports.dns6 = dns6.local_addr().map(|a| a.port()).unwrap_or(0);
+        kinds.push("dns");
+        fds.push(dns6.into());
+    }
+    if let Ok(t) = TcpListener::bind("127.0.0.1:0") {
+        ports.dns_tcp4 = t.local_addr().map(|a| a.port()).unwrap_or(0);
+        kinds.push("dnstcp");
+        fds.push(t.into());
+    }
+    if let Ok(t) = TcpListener::bind("[::1]:0") {
+        ports.dns_tcp6 = t.local_addr().map(|a| a.port()).unwrap_or(0);
+        kinds.push("dnstcp");
+        fds.push(t.into());
+    }
+    nft::load(&spec.nft, &nft_ruleset(&ports))?;
+    apply_mounts(&spec.mounts)?;
+    // A working directory inside the hidden directory would still reach the old contents:
+    // enter it again by path, through the new mounts.
+    if let Ok(cwd) = std::env::current_dir() {
+        std::env::set_current_dir(&cwd).map_err(|e| format!("re-enter {}: {e}", cwd.display()))?;
+    }
+    Ok((kinds.join(","), fds))
+}
+
+fn apply_mounts(plan: &MountPlan) -> Result<(), String> {
+    let dir = &plan.hide_dir;
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=16m"),
+    )
+    .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
+    for (name, data) in &plan.public_files {
+        std::fs::write(dir.join(name), data)
+            .map_err(|e| format!("write {name} in the sandbox: {e}"))?;
+    }
+    for file in &plan.hide_files {
+        mount(
+            Some("/dev/null"),
+            file,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("hide {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+fn supervisor_mask() -> SigSet {
+    let mut mask = SigSet::empty();
+    for sig in FORWARDED {
+        mask.add(*sig);
+    }
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGQUIT);
+    mask
+}
+
+/// Waits for `child`, passing on forwarded signals; `reap_all` (init) also reaps orphans.
+fn supervise(child: Pid, mask: &SigSet, reap_all: bool) -> i32 {
+    loop {
+        let Ok(sig) = mask.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            if FORWARDED.contains(&sig) {
+                let _ = kill(child, sig);
+            }
+            continue;
+        }
+        loop {
+            let target = if reap_all { Pid::from_raw(-1) } else { child };
+            match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => return 128 + s as i32,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// pid 1 of the sandbox: a /proc of its own, then the command.
+fn init(spec: &LaunchSpec) -> i32 {
+    let fail = |msg: String| {
+        eprintln!("netcage: cannot build the sandbox: {msg}");
+        1
+    };
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
+        return fail(format!("PDEATHSIG: {e}"));
+    }
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        return fail(format!("mount /proc: {e}"));
+    }
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
+    // only changes that process's own signal mask, capabilities and prctl flags.
+    unsafe {
+        cmd.pre_exec(|| {
+            SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)?;
+            prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            super::caps::drop_all()?;
+            Ok(())
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return fail(format!(
+                "cannot start {}: {e}",
+                spec.program.to_string_lossy()
+            ));
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    supervise(pid, &supervisor_mask(), true)
+}
