@@ -142,9 +142,10 @@ fn holder(spec: &LaunchSpec, sock: OwnedFd, parent: Pid, uid: Uid, gid: Gid) -> 
         }
         Err(msg) => fdpass::send(&sock, &format!("err:{msg}"), &[]),
     };
+    let ok = built.is_ok() && sent.is_ok();
     drop(built);
     drop(sock);
-    if sent.is_err() {
+    if !ok {
         return 1;
     }
     let mask = supervisor_mask();
@@ -190,13 +191,18 @@ fn build(
         )
     })?;
     if spec.rootless {
+        // /proc/self of a non-dumpable process belongs to root: writable again only while
+        // dumpable. Nothing of the sandbox runs yet, and it is switched off right after.
+        prctl::set_dumpable(true).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
         let write = |file: &str, text: String| {
             std::fs::write(format!("/proc/self/{file}"), text)
                 .map_err(|e| format!("write /proc/self/{file}: {e}"))
         };
-        write("setgroups", "deny".into())?;
-        write("uid_map", format!("{uid} {uid} 1"))?;
-        write("gid_map", format!("{gid} {gid} 1"))?;
+        let mapped = write("setgroups", "deny".into())
+            .and_then(|()| write("uid_map", format!("{uid} {uid} 1")))
+            .and_then(|()| write("gid_map", format!("{gid} {gid} 1")));
+        prctl::set_dumpable(false).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+        mapped?;
     }
     mount(
         None::<&str>,

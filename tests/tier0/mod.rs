@@ -126,7 +126,9 @@ impl Fx {
         self.up
             .requests()
             .into_iter()
-            .filter(|r| r.host().is_some_and(|h| host_of(&h) == host) || r.sni.as_deref() == Some(host))
+            .filter(|r| {
+                r.host().is_some_and(|h| host_of(&h) == host) || r.sni.as_deref() == Some(host)
+            })
             .collect()
     }
 }
@@ -259,5 +261,50 @@ impl ProxyProc {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
         stream
+    }
+}
+
+/// Appends bytes `offset..offset + len` of the upstream's [`pattern`] to `out` (fast enough in
+/// debug builds for 64 MiB).
+pub fn pattern_into(out: &mut Vec<u8>, offset: usize, len: usize) {
+    let base: Vec<u8> = (0..=250u8).collect();
+    let (mut i, end) = (offset, offset + len);
+    while i < end {
+        let start = i % 251;
+        let take = (251 - start).min(end - i);
+        out.extend_from_slice(&base[start..start + take]);
+        i += take;
+    }
+}
+
+/// An upload of exactly `total` bytes: the pattern with `token` inserted in the middle (`a`)
+/// and `tail` bytes before the end (`b`). `n` is the number of pattern bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub n: usize,
+    pub a: usize,
+    pub b: usize,
+}
+
+impl Layout {
+    pub fn new(total: usize, token_len: usize, tail: usize) -> Self {
+        let n = total - 2 * token_len;
+        Layout {
+            n,
+            a: n / 2 + 3,
+            b: n - tail,
+        }
+    }
+
+    /// The body with `insert` at both places: the token (what the client sends) or the value
+    /// (what the upstream must receive).
+    pub fn body(&self, insert: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.n + 2 * insert.len());
+        pattern_into(&mut out, 0, self.a);
+        out.extend_from_slice(insert);
+        pattern_into(&mut out, self.a, self.b - self.a);
+        out.extend_from_slice(insert);
+        pattern_into(&mut out, self.b, self.n - self.b);
+        out
     }
 }
