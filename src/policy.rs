@@ -162,13 +162,18 @@ impl Policy {
             .allow
             .iter()
             .find(|p| hosts::normalize(p) == host_n);
-        if is_metadata {
+        if is_metadata || is_loopback(&host_n) {
+            let what = if is_metadata {
+                "cloud metadata address"
+            } else {
+                "loopback address of the host running netcage"
+            };
             return match exact_allow {
                 Some(p) => Verdict {
                     allowed: true,
                     rule: format!("egress.allow {p}"),
                 },
-                None => deny("cloud metadata address (allow it by exact name to reach it)".into()),
+                None => deny(format!("{what} (allow it by exact address to reach it)")),
             };
         }
         if let Some(p) = self
@@ -200,6 +205,20 @@ impl Policy {
     }
 }
 
+/// `127.0.0.0/8`, `::1`, `0.0.0.0`, `::` and `localhost`: the proxy runs on the host, so these
+/// would reach the host's own services.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || hosts::ip_literal(host).is_some_and(|ip| {
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => v6.to_canonical(),
+                v4 => v4,
+            };
+            ip.is_loopback() || ip.is_unspecified()
+        })
+}
+
 fn parse_host_port(entry: &str) -> Option<(&str, u16)> {
     let (host, port) = entry.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
@@ -222,6 +241,17 @@ mod tests {
         assert!(!p.egress("169.254.169.254").allowed);
         assert!(!p.egress("[fd00:ec2::254]").allowed);
         assert!(!p.egress("METADATA.google.internal.").allowed);
+        for host in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "0.0.0.0",
+            "localhost",
+        ] {
+            let v = p.egress(host);
+            assert!(!v.allowed && v.rule.contains("loopback"), "{host}: {v:?}");
+        }
     }
 
     #[test]

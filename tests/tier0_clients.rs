@@ -95,7 +95,7 @@ fn git_ls_remote_with_a_token_in_the_url_authenticates_with_the_value() {
 fn python_requests_delivers_the_value_in_header_query_and_json_body() {
     let fx = Fx::new();
     let script = r#"
-import json, sys, requests
+import json, sys, urllib.parse, requests
 base, token = sys.argv[1], sys.argv[2]
 s = requests.Session()
 out = {}
@@ -103,6 +103,8 @@ r = s.get(base + "/hdr", headers={"X-Api-Key": token}, timeout=30)
 out["hdr"] = [r.status_code, r.json()["headers"]["x-api-key"]]
 r = s.get(base + "/query", params={"access_token": token, "n": "1"}, timeout=30)
 out["query"] = [r.status_code, r.json()["target"]]
+r = s.get(base + "/pct?t=" + urllib.parse.quote(token, safe=""), timeout=30)
+out["pct"] = [r.status_code, r.json()["target"]]
 r = s.post(base + "/json", json={"token": token, "n": [1, 2]}, timeout=30)
 out["json"] = [r.status_code, json.loads(r.json()["body"])]
 print(json.dumps(out))
@@ -114,11 +116,19 @@ print(json.dumps(out))
     assert_eq!(result["hdr"], json!([200, token]));
     assert_eq!(result["query"][0], 200);
     let query = result["query"][1].as_str().unwrap();
-    assert!(query.contains("access_token=starpod%3Av1%3A"), "{query}");
+    assert!(query.starts_with("/query?access_token=starpod"), "{query}");
+    assert_eq!(result["pct"][0], 200);
+    assert!(
+        result["pct"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("/pct?t=starpod"),
+        "{result}"
+    );
     assert_eq!(result["json"], json!([200, {"token": token, "n": [1, 2]}]));
     assert!(!result.to_string().contains(SECRET), "{result}");
 
-    let requests = fx.up.wait_for_requests(3, WAIT);
+    let requests = fx.up.wait_for_requests(4, WAIT);
     let by_path = |p: &str| requests.iter().find(|r| r.path() == p).unwrap().clone();
     assert_eq!(
         by_path("/hdr").header_str("x-api-key").as_deref(),
@@ -128,6 +138,7 @@ print(json.dumps(out))
         by_path("/query").target,
         format!("/query?access_token={SECRET}&n=1")
     );
+    assert_eq!(by_path("/pct").target, format!("/pct?t={SECRET}"));
     let body: Value = serde_json::from_slice(&by_path("/json").body_prefix).unwrap();
     assert_eq!(body, json!({"token": SECRET, "n": [1, 2]}));
     let json_rec = by_path("/json");
@@ -159,10 +170,10 @@ def pat(x, y):
         x += l
 def gen():
     yield from pat(0, a)
-    yield token[:9]          # a token split across two chunks
-    yield token[9:]
+    yield b'"' + token[:9]   # a token split across two chunks
+    yield token[9:] + b'"'
     yield from pat(a, b)
-    yield token
+    yield b'"' + token + b'"'
     yield from pat(b, n)
 r = requests.post(url, data=gen(), headers={"Content-Type": "application/octet-stream"}, timeout=120)
 print(json.dumps({"status": r.status_code, "body_len": r.json()["body_len"]}))
@@ -329,7 +340,7 @@ fn responses_that_echo_the_value_show_the_child_the_token() {
     let fx = Fx::new();
     let token = fx.token();
     let header = format!("X-Api-Key: {token}");
-    let body = json!({"token": token, "again": format!("x{token}y")}).to_string();
+    let body = json!({"token": token, "again": format!("<{token}>")}).to_string();
     let out = fx.curl(
         &[],
         &[
@@ -352,7 +363,7 @@ fn responses_that_echo_the_value_show_the_child_the_token() {
     let echoed: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
     assert_eq!(
         echoed,
-        json!({"token": token, "again": format!("x{token}y")})
+        json!({"token": token, "again": format!("<{token}>")})
     );
 
     // The upstream did get the value, in both places.
@@ -361,7 +372,7 @@ fn responses_that_echo_the_value_show_the_child_the_token() {
     let sent: Value = serde_json::from_slice(&rec.body_prefix).unwrap();
     assert_eq!(
         sent,
-        json!({"token": SECRET, "again": format!("x{SECRET}y")})
+        json!({"token": SECRET, "again": format!("<{SECRET}>")})
     );
 }
 

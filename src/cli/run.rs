@@ -137,11 +137,52 @@ fn run_netns_tier(
             let l = tokio::net::TcpListener::from_std(l)?;
             tokio::spawn(dns::serve_tcp(proxy.clone(), names.clone(), l));
         }
+        let mut nflog_at_exit = None;
+        if let Some(fd) = launched.sockets.nflog {
+            nflog_at_exit = fd.try_clone().ok();
+            let audit = proxy.audit().clone();
+            std::thread::spawn(move || log_dropped_packets(fd, &audit));
+        }
         let pid = holder.as_raw() as u32;
         let wait = tokio::task::spawn_blocking(move || launch::wait(holder));
         let code = forward_signals_until(pid, wait).await?;
+        if let Some(fd) = nflog_at_exit {
+            // Packets dropped just before the command exited may not be read yet.
+            let file = std::fs::File::from(fd);
+            if nix::fcntl::fcntl(
+                &file,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .is_ok()
+            {
+                log_dropped_packets(file.into(), proxy.audit());
+            }
+        }
         Ok(code.clamp(0, 255) as u8)
     })
+}
+
+/// Reads the namespace's NFLOG socket: one audit line per packet the sandbox dropped.
+fn log_dropped_packets(fd: std::os::fd::OwnedFd, audit: &netcage::audit::AuditLog) {
+    let mut file = std::fs::File::from(fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = std::io::Read::read(&mut file, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        for dropped in netcage::sandbox::nflog::parse(&buf[..n]) {
+            let mut event = netcage::audit::Event::new("packet", "block");
+            event.dst = Some(dropped.dst);
+            event.method = Some(dropped.protocol.to_owned());
+            event.reason = Some(match dropped.uid {
+                Some(uid) => {
+                    format!("only TCP through the proxy and DNS may leave the sandbox (uid {uid})")
+                }
+                None => "only TCP through the proxy and DNS may leave the sandbox".to_owned(),
+            });
+            audit.log(&event);
+        }
+    }
 }
 
 /// Tier 0: proxy variables only.

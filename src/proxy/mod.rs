@@ -60,6 +60,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The audit log every part of the proxy writes to.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.cfg.audit
+    }
+
     pub fn new(cfg: ProxyConfig) -> Result<Arc<Proxy>, ProxyError> {
         let upstream = upstream::Upstream::new(&cfg)?;
         let tls = tls::Interceptor::new(cfg.ca.clone());

@@ -322,10 +322,16 @@ async fn forward(
         }
     };
     parts.uri = uri;
+    // An HTTP/1.x client's request goes upstream as HTTP/1.1 (its framing, `Expect` and
+    // trailer semantics stay as the client chose); HTTP/2 may use HTTP/2 when offered.
+    let client_h1 = matches!(
+        parts.version,
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
     parts.version = Version::HTTP_11;
     let method = parts.method.clone();
     let upstream_req = Request::from_parts(parts, upstream_body);
-    let client = if upgrade {
+    let client = if upgrade || client_h1 {
         &proxy.upstream.http1
     } else {
         &proxy.upstream.any

@@ -40,6 +40,8 @@ pub struct LaunchSpec {
 
 /// The namespace's sockets, now owned by the proxy.
 pub struct SandboxSockets {
+    /// NFLOG socket of the drop rule (see `nflog::parse`).
+    pub nflog: Option<OwnedFd>,
     pub tcp: Vec<TcpListener>,
     pub dns_udp: Vec<UdpSocket>,
     pub dns_tcp: Vec<TcpListener>,
@@ -104,6 +106,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, String> {
 
 fn sockets_from(kinds: &str, fds: Vec<OwnedFd>) -> SandboxSockets {
     let mut out = SandboxSockets {
+        nflog: None,
         tcp: Vec::new(),
         dns_udp: Vec::new(),
         dns_tcp: Vec::new(),
@@ -113,6 +116,7 @@ fn sockets_from(kinds: &str, fds: Vec<OwnedFd>) -> SandboxSockets {
             "tcp" => out.tcp.push(TcpListener::from(fd)),
             "dns" => out.dns_udp.push(UdpSocket::from(fd)),
             "dnstcp" => out.dns_tcp.push(TcpListener::from(fd)),
+            "nflog" => out.nflog = Some(fd),
             _ => {}
         }
     }
@@ -246,6 +250,11 @@ fn build(
         fds.push(t.into());
     }
     nft::load(&spec.nft, &nft_ruleset(&ports))?;
+    // Without it dropped packets are still dropped, only not named in the audit log.
+    if let Ok(fd) = super::nflog::open(super::plan::NFLOG_GROUP) {
+        kinds.push("nflog");
+        fds.push(fd);
+    }
     apply_mounts(&spec.mounts)?;
     // A working directory inside the hidden directory would still reach the old contents:
     // enter it again by path, through the new mounts.

@@ -9,6 +9,7 @@ pub mod detect;
 mod fdpass;
 pub mod launch;
 mod netlink;
+pub mod nflog;
 mod nft;
 pub mod plan;
 pub mod process;

@@ -277,8 +277,10 @@ pub fn pattern_into(out: &mut Vec<u8>, offset: usize, len: usize) {
     }
 }
 
-/// An upload of exactly `total` bytes: the pattern with `token` inserted in the middle (`a`)
-/// and `tail` bytes before the end (`b`). `n` is the number of pattern bytes.
+/// An upload of exactly `total` bytes: the pattern with `"TOKEN"` inserted in the middle (`a`)
+/// and `tail` bytes before the end (`b`). `n` is the number of pattern bytes. The quotes
+/// delimit the token: the pattern has runs of base64 characters that would otherwise run on
+/// from the token's last character and make it a different (invalid) token.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
     pub n: usize,
@@ -288,7 +290,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(total: usize, token_len: usize, tail: usize) -> Self {
-        let n = total - 2 * token_len;
+        let n = total - 2 * (token_len + 2);
         Layout {
             n,
             a: n / 2 + 3,
@@ -299,12 +301,39 @@ impl Layout {
     /// The body with `insert` at both places: the token (what the client sends) or the value
     /// (what the upstream must receive).
     pub fn body(&self, insert: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.n + 2 * insert.len());
+        let mut out = Vec::with_capacity(self.n + 2 * (insert.len() + 2));
+        let quoted = [&b"\""[..], insert, b"\""].concat();
         pattern_into(&mut out, 0, self.a);
-        out.extend_from_slice(insert);
+        out.extend_from_slice(&quoted);
         pattern_into(&mut out, self.a, self.b - self.a);
-        out.extend_from_slice(insert);
+        out.extend_from_slice(&quoted);
         pattern_into(&mut out, self.b, self.n - self.b);
         out
+    }
+}
+
+impl Fx {
+    /// Waits until at least `n` audit lines satisfy `pred`; returns them all.
+    pub fn wait_audit_count(
+        &self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut hits = Vec::new();
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(WAIT, what, || {
+                hits = self.audit_lines().into_iter().filter(|l| pred(l)).collect();
+                hits.len() >= n
+            })
+        }));
+        if waited.is_err() {
+            panic!(
+                "expected {n} audit lines for {what}, found {}; the log has:\n{:#?}",
+                hits.len(),
+                self.audit_lines()
+            );
+        }
+        hits
     }
 }

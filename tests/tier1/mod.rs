@@ -1,0 +1,671 @@
+//! Support for the Tier 1 end-to-end tests (`tests/tier1*.rs`): `netcage run --tier netns`
+//! run twice per test, as root (the privileged path) and as an unprivileged uid through
+//! `setpriv` (the rootless path, user namespaces), against a recording HTTPS upstream on
+//! 127.0.0.1 and listeners the test starts on the host.
+//!
+//! Nothing here sends traffic anywhere but loopback and this machine's own addresses.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Upper bound for one `netcage run` (and the client it wraps).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(40);
+/// Upper bound for waiting on asynchronous effects (audit lines, recorded requests).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The host the test tokens are bound to.
+pub const BOUND: &str = "api.github.com";
+/// A host the test tokens are not bound to.
+pub const OTHER: &str = "other.example";
+/// A real-looking secret value that must only ever appear upstream at [`BOUND`].
+pub const SECRET: &str = "ghp_Tier1RealSecretValue0451";
+
+/// The uid (and gid) of the rootless runs. It has no passwd entry; that does not matter.
+pub const UID: u32 = 4242;
+
+/// Which of netcage's two Tier 1 paths a run takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// netcage runs as root: CAP_NET_ADMIN, no user namespace.
+    Root,
+    /// netcage runs as [`UID`] via `setpriv`: a user namespace.
+    Rootless,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Root => "root",
+            Mode::Rootless => "rootless",
+        }
+    }
+}
+
+/// Why Tier 1 cannot be tested here, if it cannot.
+fn missing_privilege() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(
+            "not root: the privileged path needs CAP_NET_ADMIN, and the rootless path is run \
+             as another uid through setpriv"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Why the rootless path cannot be tested here, if it cannot.
+fn missing_userns() -> Option<String> {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if max.trim() == "0" {
+        return Some("user.max_user_namespaces = 0: unprivileged user namespaces are off".into());
+    }
+    let probe = Command::new("setpriv")
+        .args(["--reuid", &UID.to_string(), "--regid", &UID.to_string()])
+        .args(["--clear-groups", "unshare", "--user", "--net", "true"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "uid {UID} cannot create a user + network namespace: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run setpriv: {e}")),
+    }
+}
+
+/// Runs `f` once as root and once rootless. Skips (printing why) only when the privilege to
+/// take that path is absent on this machine.
+pub fn for_each_mode(mut f: impl FnMut(Mode)) {
+    if let Some(why) = missing_privilege() {
+        eprintln!("SKIPPED: Tier 1 tests need root here: {why}");
+        return;
+    }
+    for mode in [Mode::Root, Mode::Rootless] {
+        if mode == Mode::Rootless
+            && let Some(why) = missing_userns()
+        {
+            eprintln!("SKIPPED the rootless run: {why}");
+            continue;
+        }
+        eprintln!("=== {} ===", mode.name());
+        f(mode);
+    }
+}
+
+/// Makes `path` and everything under it owned by [`UID`].
+pub fn chown_tree(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(UID), Some(UID))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path());
+        }
+    }
+}
+
+/// Panics unless `path` and every directory above it may be used by other users: the
+/// rootless run executes netcage as [`UID`].
+fn assert_usable_by_others(path: &Path) {
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert!(
+        mode & 0o001 != 0,
+        "{} is not executable by others (mode {mode:o}); the rootless runs start it as uid {UID}",
+        path.display()
+    );
+    for dir in path.ancestors().skip(1) {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "{} is not searchable by others (mode {mode:o}); uid {UID} cannot reach the netcage \
+             binary below it",
+            dir.display()
+        );
+    }
+}
+
+/// One test's world: a data dir with a key, a recording upstream for [`BOUND`] and [`OTHER`]
+/// (both pinned to 127.0.0.1 with `--resolve`), its CA, and an audit log outside the data dir.
+pub struct Fx {
+    pub mode: Mode,
+    pub env: TestEnv,
+    pub ca: TestCa,
+    /// The upstream's CA (PEM, mode 0644), for `--upstream-ca`.
+    pub ca_path: PathBuf,
+    pub up: Upstream,
+    pub audit: PathBuf,
+}
+
+impl Fx {
+    pub fn new(mode: Mode) -> Self {
+        let ca = TestCa::new();
+        let env = TestEnv::new();
+        let ca_path = ca.write_pem(env.root());
+        std::fs::set_permissions(&ca_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let up = Upstream::start(&ca, &[BOUND, OTHER, "127.0.0.1"]);
+        let audit = env.path("audit.jsonl");
+        if mode == Mode::Rootless {
+            assert_usable_by_others(&netcage_bin());
+            // The unprivileged user owns its scratch root and data dir, as a real user would.
+            chown_tree(env.root());
+        }
+        Fx {
+            mode,
+            env,
+            ca,
+            ca_path,
+            up,
+            audit,
+        }
+    }
+
+    /// Writes `text` to `root/name` (mode 0644) and returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.env.path(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if self.mode == Mode::Rootless {
+            chown_tree(&path);
+        }
+        path
+    }
+
+    /// A token for [`SECRET`] bound to [`BOUND`], sealed with the data dir's key.
+    pub fn token(&self) -> String {
+        self.env.seal(SECRET, &[BOUND])
+    }
+
+    /// `https://HOST:PORT/PATH` on the upstream.
+    pub fn url(&self, host: &str, path: &str) -> String {
+        self.up.url(host, path)
+    }
+
+    /// `netcage` as this mode runs it: directly, or through `setpriv` as [`UID`]. The client
+    /// environment does not depend on this machine; the working directory is the scratch root.
+    pub fn netcage(&self) -> Command {
+        let mut cmd = match self.mode {
+            Mode::Root => Command::new(netcage_bin()),
+            Mode::Rootless => {
+                let mut cmd = Command::new("setpriv");
+                cmd.args(["--reuid", &UID.to_string(), "--regid", &UID.to_string()])
+                    .arg("--clear-groups")
+                    .arg(netcage_bin());
+                cmd
+            }
+        };
+        isolate_client_env(&mut cmd, self.env.root());
+        cmd.current_dir(self.env.root());
+        cmd
+    }
+
+    /// `netcage run --tier netns` with the data dir, upstream CA, pins and audit log.
+    pub fn run_cmd(&self, opts: &[&str], child: &[&str]) -> Command {
+        let mut cmd = self.netcage();
+        self.run_args(&mut cmd, opts, child);
+        cmd
+    }
+
+    /// Appends `run --tier netns <common> <opts> -- <child>` to `cmd`.
+    pub fn run_args(&self, cmd: &mut Command, opts: &[&str], child: &[&str]) {
+        cmd.args(["run", "--tier", "netns", "--data-dir"])
+            .arg(self.env.data_dir())
+            .arg("--upstream-ca")
+            .arg(&self.ca_path)
+            .args(["--resolve", &format!("{BOUND}=127.0.0.1")])
+            .args(["--resolve", &format!("{OTHER}=127.0.0.1")])
+            .arg("--audit")
+            .arg(&self.audit)
+            .args(opts)
+            .arg("--")
+            .args(child);
+    }
+
+    /// Runs [`Fx::run_cmd`] to completion (bounded by [`RUN_TIMEOUT`]).
+    pub fn run(&self, opts: &[&str], child: &[&str]) -> Output {
+        run_with_timeout(&mut self.run_cmd(opts, child), RUN_TIMEOUT)
+    }
+
+    /// `sh -c SCRIPT sh ARGS…` in the sandbox.
+    pub fn sh(&self, opts: &[&str], script: &str, args: &[&str]) -> Output {
+        let mut child = vec!["sh", "-c", script, "sh"];
+        child.extend_from_slice(args);
+        self.run(opts, &child)
+    }
+
+    /// `python3 -c SCRIPT ARGS…` in the sandbox. In rootless runs the packages of the test
+    /// machine's python (which may live under root's home) are copied where [`UID`] can read
+    /// them.
+    pub fn python(&self, opts: &[&str], script: &str, args: &[&str]) -> Output {
+        let mut child = vec!["python3", "-c", script];
+        child.extend_from_slice(args);
+        let mut cmd = self.run_cmd(opts, &child);
+        if self.mode == Mode::Rootless {
+            cmd.env("PYTHONPATH", self.python_packages());
+        }
+        let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("ModuleNotFoundError"),
+            "python3 lacks a module these tests need (pip install requests):\n{stderr}"
+        );
+        out
+    }
+
+    /// A copy of `requests` and its dependencies under the scratch root.
+    fn python_packages(&self) -> PathBuf {
+        let dir = self.env.path("pylib");
+        if dir.exists() {
+            return dir;
+        }
+        std::fs::create_dir(&dir).unwrap();
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import os, requests, urllib3, idna, charset_normalizer, certifi\n\
+                 for m in (requests, urllib3, idna, charset_normalizer, certifi):\n\
+                 \x20   print(os.path.dirname(m.__file__))",
+            ])
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python3 lacks requests (pip install requests): {}",
+            describe(&out)
+        );
+        for pkg in String::from_utf8_lossy(&out.stdout).lines() {
+            let status = Command::new("cp")
+                .args(["-r", pkg])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "cp -r {pkg}");
+        }
+        chown_tree(&dir);
+        dir
+    }
+
+    /// Every audit line written so far, parsed.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        read_audit(&self.audit)
+    }
+
+    /// Waits until an audit line satisfies `pred`; returns it.
+    pub fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let lines = self.audit_lines();
+            if let Some(hit) = lines.iter().find(|l| pred(l)) {
+                return hit.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] no audit line for {what} within {WAIT:?}; the log has:\n{}",
+                self.mode.name(),
+                lines
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Recorded requests that carry the real value anywhere.
+    pub fn requests_with_secret(&self) -> Vec<Recorded> {
+        self.up
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains(SECRET.as_bytes()))
+            .collect()
+    }
+}
+
+/// Every line of a JSONL audit file, parsed (a line that is not JSON fails the test).
+pub fn read_audit(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// A `str` field of an audit line ("" when absent).
+pub fn field<'v>(line: &'v Value, name: &str) -> &'v str {
+    line[name].as_str().unwrap_or("")
+}
+
+pub fn succeeded(out: &Output) -> &Output {
+    assert!(out.status.success(), "{}", describe(out));
+    out
+}
+
+pub fn stdout_str(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command's stdout as one JSON value (the command must have succeeded).
+pub fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&succeeded(out).stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", describe(out)))
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn pct(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The forms a 32-byte key could be printed in: raw, hex (both cases), base64.
+pub fn key_forms(key: &[u8; 32]) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    vec![
+        key.to_vec(),
+        hex(key).into_bytes(),
+        hex(key).to_uppercase().into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(key)
+            .into_bytes(),
+    ]
+}
+
+/// Panics if `haystack` holds the real value or the key in any form.
+pub fn assert_no_secret_material(haystack: &[u8], key: &[u8; 32], what: &str) {
+    assert!(
+        free_of(haystack, SECRET.as_bytes()),
+        "{what} holds the real secret value:\n{}",
+        String::from_utf8_lossy(haystack)
+    );
+    for form in key_forms(key) {
+        assert!(
+            free_of(haystack, &form),
+            "{what} holds the vault key:\n{}",
+            String::from_utf8_lossy(haystack)
+        );
+    }
+}
+
+/// This machine's global addresses (`ip -o addr show scope global`), for attempts that must
+/// target the machine itself and nothing beyond it.
+pub fn machine_addrs(v6: bool) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([if v6 { "-6" } else { "-4" }, "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("tentative") && !l.contains("dadfailed"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            Some(words.next()?.split('/').next()?.to_owned())
+        })
+        .collect()
+}
+
+/// The first global IPv4 address of this machine, or why there is none.
+pub fn machine_v4() -> Option<String> {
+    machine_addrs(false).into_iter().next()
+}
+
+/// The first global IPv6 address of this machine.
+pub fn machine_v6() -> Option<String> {
+    machine_addrs(true).into_iter().next()
+}
+
+/// `(pid, cmdline)` of every process on the host whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(marker) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Names of the host's named network namespaces.
+pub fn named_netns() -> BTreeSet<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The host's mount table lines whose mount point is `dir`.
+pub fn mounts_on(dir: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy();
+    table
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some(&*dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Counts escape attempts, proven to have failed, across a test binary.
+pub static ESCAPES: AtomicUsize = AtomicUsize::new(0);
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's tally of escape attempts.
+pub struct Tally {
+    test: &'static str,
+    count: usize,
+    total_tests: usize,
+}
+
+impl Tally {
+    /// `total_tests`: how many tests of this binary keep a tally (the last one to finish prints
+    /// the binary's total).
+    pub fn new(test: &'static str, total_tests: usize) -> Self {
+        Tally {
+            test,
+            count: 0,
+            total_tests,
+        }
+    }
+
+    /// Records one attempt whose failure has just been proven.
+    pub fn blocked(&mut self, mode: Mode, what: &str) {
+        self.count += 1;
+        ESCAPES.fetch_add(1, Ordering::SeqCst);
+        eprintln!("  blocked [{}] {what}", mode.name());
+    }
+
+    pub fn finish(self) {
+        eprintln!("{}: {} escape attempts, all failed", self.test, self.count);
+        println!("{}: {} escape attempts, all failed", self.test, self.count);
+        let done = FINISHED.fetch_add(1, Ordering::SeqCst) + 1;
+        if done == self.total_tests {
+            let total = ESCAPES.load(Ordering::SeqCst);
+            eprintln!("ESCAPE SUITE: {total} escape attempts, all failed");
+            println!("ESCAPE SUITE: {total} escape attempts, all failed");
+        }
+    }
+}
+
+/// A raw TCP listener on the host that records every connection and byte it gets.
+pub struct TcpSink {
+    pub addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    bytes: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TcpSink {
+    /// Binds `addr` (port 0 for any); `None` if that is impossible here.
+    pub fn bind(addr: &str) -> Option<TcpSink> {
+        let listener = TcpListener::bind(addr).ok()?;
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, b, s) = (conns.clone(), bytes.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let b = b.clone();
+                        thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                                b.lock().unwrap().extend_from_slice(&buf[..n]);
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Some(TcpSink {
+            addr,
+            conns,
+            bytes,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+
+    /// Panics if anything reached this listener.
+    pub fn assert_untouched(&self, what: &str) {
+        assert_eq!(
+            (self.connections(), self.bytes()),
+            (0, Vec::new()),
+            "{what}: the host listener on {} was reached",
+            self.addr
+        );
+    }
+}
+
+impl Drop for TcpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket on the host that records every datagram it gets.
+pub struct UdpSink {
+    pub addr: SocketAddr,
+    datagrams: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds `addr` (port 0 for any); `None` if that is impossible here (e.g. port in use).
+    pub fn bind(addr: &str) -> Option<UdpSink> {
+        let socket = UdpSocket::bind(addr).ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let datagrams = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (datagrams.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !s.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    d.lock().unwrap().push((from, buf[..n].to_vec()));
+                }
+            }
+        });
+        Some(UdpSink {
+            addr,
+            datagrams,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Panics if any datagram reached this socket.
+    pub fn assert_untouched(&self, what: &str) {
+        let got = self.datagrams.lock().unwrap().clone();
+        assert!(
+            got.is_empty(),
+            "{what}: the host UDP socket on {} received {got:?}",
+            self.addr
+        );
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Gives asynchronous stragglers (a datagram in flight, a connection being accepted) time to
+/// show up at a host listener before it is checked.
+pub fn settle() {
+    thread::sleep(Duration::from_millis(300));
+}
