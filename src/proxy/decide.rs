@@ -58,7 +58,10 @@ impl Decider {
     }
 
     /// The decision for `token` found at `location` (`header:NAME`, `target`, `body`).
-    pub fn decide(&self, location: &str, token_text: &str) -> Decision {
+    pub fn decide(&self, location: &str, candidate: &str) -> Decision {
+        let opened = open_with_head(&self.proxy.cfg.key, candidate);
+        let head = opened.as_ref().and_then(|(_, head)| *head);
+        let token_text = &candidate[..head.unwrap_or(candidate.len())];
         let fingerprint = token::fingerprint(token_text);
         let mut record = self.lock();
         let mut note = |action: &'static str, bound_hosts: Vec<String>| {
@@ -69,12 +72,9 @@ impl Decider {
                 bound_hosts,
             });
         };
-        let secret = match token::open(&self.proxy.cfg.key, token_text) {
-            Ok(secret) => secret,
-            Err(_) => {
-                note("invalid", Vec::new());
-                return Decision::Keep;
-            }
+        let Some((secret, _)) = opened else {
+            note("invalid", Vec::new());
+            return Decision::Keep;
         };
         let host_ok = hosts::allowed(&secret.hosts, &self.host);
         let plaintext_refused = !self.tls && !self.proxy.cfg.policy.secrets.plaintext_http;
@@ -87,19 +87,26 @@ impl Decider {
         } else {
             None
         };
+        let replace = |value: Zeroizing<Vec<u8>>| match head {
+            None => Decision::Substitute(value),
+            Some(len) => Decision::SubstituteHead { value, len },
+        };
         let Some(reason) = reason else {
             note("substitute", Vec::new());
             let value = Zeroizing::new(secret.value.as_bytes().to_vec());
             record
                 .substituted
                 .push((value.clone(), token_text.as_bytes().to_vec()));
-            return Decision::Substitute(value);
+            return replace(value);
         };
         if !plaintext_refused
             && self.proxy.cfg.policy.secrets.on_host_mismatch == OnHostMismatch::Strip
         {
             note("strip", secret.hosts.clone());
-            return Decision::Strip;
+            return match head {
+                None => Decision::Strip,
+                Some(_) => replace(Zeroizing::default()),
+            };
         }
         note("block", secret.hosts.clone());
         if record.block.is_none() {
@@ -112,4 +119,18 @@ impl Decider {
         }
         Decision::Block
     }
+}
+
+/// Opens a candidate token. A token without `=` padding runs on into base64 characters that
+/// follow it (`/bot<token>/getMe`): then the longest prefix cut at a `/` that opens is the
+/// token, and its length is returned too.
+fn open_with_head(key: &token::Key, text: &str) -> Option<(token::Secret, Option<usize>)> {
+    if let Ok(secret) = token::open(key, text) {
+        return Some((secret, None));
+    }
+    let body_start = token::PREFIX.len();
+    text.get(body_start..)?
+        .rmatch_indices('/')
+        .map(|(i, _)| body_start + i)
+        .find_map(|cut| Some((token::open(key, text.get(..cut)?).ok()?, Some(cut))))
 }

@@ -139,11 +139,16 @@ async fn forward(
                 .into(),
         ));
     };
+    let port = if conn.tls || conn.target_host.is_some() {
+        conn.port
+    } else {
+        req.uri().port_u16().unwrap_or(80)
+    };
     event.host = Some(name.clone());
     event.dst = Some(format!(
         "{}:{}",
         conn.target_host.as_deref().unwrap_or(&name),
-        conn.port
+        port
     ));
     if let (Some(sni), Some(target)) = (&conn.sni, &conn.target_host)
         && sni != target
@@ -168,11 +173,6 @@ async fn forward(
             ),
         ));
     }
-    let port = if conn.tls || conn.target_host.is_some() {
-        conn.port
-    } else {
-        req.uri().port_u16().unwrap_or(80)
-    };
 
     // 2. Egress policy.
     let verdict = proxy.cfg.policy.egress(&name);
@@ -343,6 +343,7 @@ async fn forward(
                 return Err(blocked(event, &decider, &block));
             }
             let (status, reason) = respond::upstream_failure(&e, &authority);
+            event.bytes_up = bytes_up.load(Ordering::Relaxed);
             event.decision = "error";
             event.reason = Some(reason.clone());
             event.tokens = decider

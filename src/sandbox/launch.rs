@@ -74,9 +74,22 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, String> {
     let uid = Uid::current();
     let gid = Gid::current();
     let parent = Pid::this();
+    // From here on the forwarded signals (and the terminal's SIGINT/SIGQUIT) stay blocked in
+    // every thread of netcage, the runtime's threads included (they inherit this mask): one
+    // thread takes them with sigwait and passes them on. Without this, a SIGTERM that arrives
+    // before the proxy has installed its handlers kills netcage with the default action, and
+    // the command gets SIGKILL (PDEATHSIG) instead of the SIGTERM meant for it.
+    let signals = netcage_signals();
+    signals
+        .thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
     // SAFETY: the caller guarantees this process is single-threaded, so the child may do
     // anything the parent could (allocate, run a current-thread runtime) before it execs.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+    let forked = unsafe { fork() }.map_err(|e| format!("fork: {e}"));
+    if forked.is_err() {
+        let _ = signals.thread_unblock();
+    }
+    match forked? {
         ForkResult::Child => {
             drop(parent_end);
             let code = holder(spec, child_end, parent, uid, gid);
@@ -89,12 +102,14 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, String> {
             let (text, fds) =
                 fdpass::recv(&parent_end).map_err(|e| format!("reading from the sandbox: {e}"))?;
             if let Some(kinds) = text.strip_prefix("ok:") {
+                forward_signals(child, signals)?;
                 Ok(Launched {
                     holder: child,
                     sockets: sockets_from(kinds, fds),
                 })
             } else {
                 let _ = waitpid(child, None);
+                let _ = signals.thread_unblock();
                 Err(text
                     .strip_prefix("err:")
                     .map(str::to_owned)
@@ -102,6 +117,36 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, String> {
             }
         }
     }
+}
+
+/// The signals netcage's own threads never take: [`FORWARDED`], SIGINT and SIGQUIT.
+fn netcage_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(*sig);
+    }
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGQUIT);
+    set
+}
+
+/// Starts the thread that passes [`FORWARDED`] signals on to the holder (which passes them to
+/// init, which passes them to the command). SIGINT and SIGQUIT come from the terminal to the
+/// whole process group, the command included, so netcage only survives them.
+fn forward_signals(holder: Pid, signals: SigSet) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("netcage-signals".into())
+        .spawn(move || {
+            loop {
+                if let Ok(sig) = signals.wait()
+                    && FORWARDED.contains(&sig)
+                {
+                    let _ = kill(holder, sig);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("signal thread: {e}"))
 }
 
 fn sockets_from(kinds: &str, fds: Vec<OwnedFd>) -> SandboxSockets {

@@ -139,6 +139,15 @@ fn emit_token(
             out.owned();
         }
         Decision::Substitute(v) => write_value(&v, form, Encoding::LikeToken, out.owned()),
+        Decision::SubstituteHead { value, len } if form == super::Form::Raw => {
+            let rest = bytes.get(len..).unwrap_or_default().to_vec();
+            write_value(&value, form, Encoding::LikeToken, out.owned());
+            out.owned().extend_from_slice(&rest);
+        }
+        Decision::SubstituteHead { .. } => match text {
+            TokenText::Src(r) => out.src(r),
+            TokenText::Held(b) => out.bytes(b),
+        },
         Decision::Block => return Err(Blocked),
     }
     Ok(())

@@ -432,17 +432,23 @@ pub(crate) fn rewrite(
     let mut out: Option<Zeroizing<Vec<u8>>> = None;
     let mut last = 0usize;
     for found in find_tokens(data) {
-        let value = match decide(&found.canonical) {
+        let (value, rest) = match decide(&found.canonical) {
             Decision::Keep => continue,
             Decision::Block => return Err(Blocked),
-            Decision::Strip => None,
-            Decision::Substitute(v) => Some(v),
+            Decision::Strip => (None, 0..0),
+            Decision::Substitute(v) => (Some(v), 0..0),
+            Decision::SubstituteHead { value, len } if found.form == Form::Raw => (
+                Some(value),
+                (found.range.start + len).min(found.range.end)..found.range.end,
+            ),
+            Decision::SubstituteHead { .. } => continue,
         };
         let o = out.get_or_insert_with(|| Zeroizing::new(Vec::with_capacity(data.len() + 64)));
         o.extend_from_slice(data.get(last..found.range.start).unwrap_or_default());
         if let Some(v) = value {
             write_value(&v, found.form, enc, o);
         }
+        o.extend_from_slice(data.get(rest).unwrap_or_default());
         last = found.range.end;
     }
     Ok(out.map(|mut o| {

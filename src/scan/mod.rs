@@ -81,6 +81,14 @@ pub enum Decision {
     /// Put these bytes where the token was, encoded like the token was (percent form:
     /// percent-encode every byte except `ALPHA / DIGIT / - . _ ~`; raw form: as they are).
     Substitute(Zeroizing<Vec<u8>>),
+    /// Only the first `len` bytes of the candidate's canonical text are the token (a token with
+    /// no `=` padding runs on into following base64 characters, as in `/bot<token>/getMe`):
+    /// substitute those like [`Decision::Substitute`] and keep the rest as written. Applies to
+    /// raw-form tokens; a percent-form candidate is kept as it is.
+    SubstituteHead {
+        value: Zeroizing<Vec<u8>>,
+        len: usize,
+    },
     /// Leave the token text as it is (e.g. the token is not valid).
     Keep,
     /// Remove the token text.
@@ -94,6 +102,9 @@ impl std::fmt::Debug for Decision {
         match self {
             // Never print the value: it is a secret.
             Decision::Substitute(v) => write!(f, "Substitute(<{} bytes>)", v.len()),
+            Decision::SubstituteHead { value, len } => {
+                write!(f, "SubstituteHead(<{} bytes>, {len})", value.len())
+            }
             Decision::Keep => f.write_str("Keep"),
             Decision::Strip => f.write_str("Strip"),
             Decision::Block => f.write_str("Block"),

@@ -23,6 +23,10 @@ mod tests {
             "starpod:v1:QUJD" => Decision::Substitute(Zeroizing::new(b"p@ss/w:rd+1 ~".to_vec())),
             "starpod:v1:ab/c+d==" => Decision::Substitute(Zeroizing::new(b"xyz".to_vec())),
             "starpod:v1:bad" => Decision::Block,
+            "starpod:v1:QUJD/getMe" => Decision::SubstituteHead {
+                value: Zeroizing::new(b"1:a".to_vec()),
+                len: "starpod:v1:QUJD".len(),
+            },
             _ => Decision::Keep,
         }
     }
@@ -43,6 +47,12 @@ mod tests {
         // A literal `+` (a space) ends a percent-form token.
         let r = scan_target(b"/q?k=starpod%3Av1%3AQUJD+more", &mut sub).unwrap();
         assert_eq!(r.unwrap(), b"/q?k=p%40ss%2Fw%3Ard%2B1%20~+more");
+    }
+
+    #[test]
+    fn unpadded_token_followed_by_a_path_keeps_the_path() {
+        let r = scan_target(b"/botstarpod:v1:QUJD/getMe?x=1", &mut sub).unwrap();
+        assert_eq!(r.unwrap(), b"/bot1%3Aa/getMe?x=1");
     }
 
     #[test]

@@ -102,6 +102,11 @@ fn naive_rewrite(
             Decision::Strip => {}
             Decision::Block => return Err(Blocked),
             Decision::Substitute(v) => write_value(&v, form, Encoding::LikeToken, &mut out),
+            Decision::SubstituteHead { value, len } if form == Form::Raw => {
+                write_value(&value, form, Encoding::LikeToken, &mut out);
+                out.extend_from_slice(&data[(r.start + len).min(r.end)..r.end]);
+            }
+            Decision::SubstituteHead { .. } => out.extend_from_slice(&data[r.clone()]),
         }
         last = r.end;
     }
@@ -114,8 +119,12 @@ fn decision(t: &str, block: bool) -> Decision {
     let h = t
         .bytes()
         .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    match h % 5 {
+    match h % 6 {
         0 if block => Decision::Block,
+        5 => Decision::SubstituteHead {
+            value: Zeroizing::new(b"h/v".to_vec()),
+            len: t.len() * 2 / 3,
+        },
         0 | 1 => Decision::Substitute(Zeroizing::new(b"v/a l+u=e%\xff".to_vec())),
         2 => Decision::Keep,
         3 => Decision::Strip,
