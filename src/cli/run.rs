@@ -14,61 +14,40 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::config::{Resolved, child_env, key_path, resolve};
 use super::{RunArgs, Tier};
 
-/// Which tier to run in, and the line that says so.
-enum Chosen {
-    Netns {
-        rootless: bool,
-        nft: std::path::PathBuf,
-    },
-    Env,
-}
+const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
 
-fn choose(tier: Tier) -> anyhow::Result<Chosen> {
-    const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
-    if tier == Tier::Env {
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    let resolved = resolve(&args.key, &args.policy)?;
+    if args.tier == Tier::Env {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
-        return Ok(Chosen::Env);
+        return runtime()?.block_on(run_env_tier(args, resolved));
     }
-    let facts = detect::facts();
-    let root = facts.cap_net_admin && facts.netns.is_ok();
-    let why_not = match (&facts.nft, root, &facts.userns) {
-        (None, _, _) => Some("the nft binary is missing (install the nftables package)".to_owned()),
-        (Some(_), true, _) | (Some(_), false, Ok(())) => None,
-        (Some(_), false, Err(e)) => Some(format!(
-            "no CAP_NET_ADMIN and unprivileged user namespaces are unavailable ({e})"
-        )),
+    let (root, nft) = detect::quick();
+    let tier1 = match nft {
+        None => Err("the nft binary is missing (install the nftables package)".to_owned()),
+        Some(nft) => prepare_netns(&args, &resolved, !root, nft)
+            .and_then(|spec| launch::launch(&spec).map(|launched| (launched, root))),
     };
-    match (tier, why_not) {
-        (_, None) => {
+    match (tier1, args.tier) {
+        (Ok((launched, root)), _) => {
             let how = if root {
                 "root"
             } else {
                 "rootless, user namespace"
             };
             eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
-            Ok(Chosen::Netns {
-                rootless: !root,
-                nft: facts.nft.unwrap_or_default(),
-            })
+            run_netns_tier(resolved, launched)
         }
-        (Tier::Netns, Some(why)) => Err(anyhow!(
+        (Err(why), Tier::Netns) => Err(anyhow!(
             "Tier 1 (--tier netns) is impossible here: {why}; run `netcage doctor`, or use --tier env and accept its limits"
         )),
-        (_, Some(why)) => {
+        (Err(why), _) => {
             eprintln!(
-                "netcage: WARNING: Tier 0 (env) because {why}: {TIER0}; use --tier netns to refuse instead"
+                "netcage: WARNING: Tier 0 (env) because the sandbox cannot be built ({why}): {TIER0}; use --tier netns to refuse instead"
             );
-            Ok(Chosen::Env)
+            runtime()?.block_on(run_env_tier(args, resolved))
         }
-    }
-}
-
-pub fn run(args: RunArgs) -> anyhow::Result<u8> {
-    process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
-    let resolved = resolve(&args.key, &args.policy)?;
-    match choose(args.tier)? {
-        Chosen::Env => runtime()?.block_on(run_env_tier(args, resolved)),
-        Chosen::Netns { rootless, nft } => run_netns_tier(args, resolved, rootless, nft),
     }
 }
 
@@ -79,25 +58,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Tier 1. The sandbox is forked before the runtime starts any thread.
-fn run_netns_tier(
-    args: RunArgs,
-    resolved: Resolved,
+/// What the Tier 1 sandbox needs: the data dir hidden, the public CA files, the environment.
+fn prepare_netns(
+    args: &RunArgs,
+    resolved: &Resolved,
     rootless: bool,
     nft: std::path::PathBuf,
-) -> anyhow::Result<u8> {
-    let cfg = resolved.proxy;
-    let data_dir = std::fs::canonicalize(&args.key.data_dir).with_context(|| {
+) -> Result<LaunchSpec, String> {
+    let cfg = &resolved.proxy;
+    let data_dir = std::fs::canonicalize(&args.key.data_dir).map_err(|e| {
         format!(
-            "cannot resolve the data dir {}",
+            "cannot resolve the data dir {}: {e}",
             args.key.data_dir.display()
         )
     })?;
     let key_file =
         std::fs::canonicalize(key_path(&args.key)).unwrap_or_else(|_| key_path(&args.key));
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
     let public = vec![
-        (CA_BUNDLE.to_owned(), std::fs::read(cfg.ca.bundle_path())?),
-        (CA_CERT.to_owned(), std::fs::read(cfg.ca.cert_path())?),
+        (CA_BUNDLE.to_owned(), read(cfg.ca.bundle_path())?),
+        (CA_CERT.to_owned(), read(cfg.ca.cert_path())?),
     ];
     let mut env: Vec<_> = child_env(&resolved.sealed_env)
         .into_iter()
@@ -107,17 +89,20 @@ fn run_netns_tier(
         env.retain(|(k, _)| k != var);
         env.push((var.into(), path.into()));
     }
-    let spec = LaunchSpec {
+    Ok(LaunchSpec {
         rootless,
         nft,
         mounts: plan::mount_plan(&data_dir, &key_file, public),
         program: args.command[0].clone(),
         args: args.command[1..].to_vec(),
         env,
-    };
-    let launched = launch::launch(&spec).map_err(|e| {
-        anyhow!("cannot build the sandbox: {e}; run `netcage doctor`, or use --tier env")
-    })?;
+    })
+}
+
+/// Tier 1, once the sandbox is up: the proxy, the resolver and the NFLOG reader on the sockets
+/// the sandbox handed over, until the command exits.
+fn run_netns_tier(resolved: Resolved, launched: launch::Launched) -> anyhow::Result<u8> {
+    let cfg = resolved.proxy;
     let holder = launched.holder;
     runtime()?.block_on(async move {
         let proxy = Proxy::new(cfg)?;

@@ -53,15 +53,16 @@ pub fn upstream_failure(
     let mut reason = None;
     while let Some(e) = cur {
         chain.push(e.to_string());
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            reason = Some(format!(
-                "the TLS certificate of {authority} did not verify ({tls}); if this is your own server, pass its CA with --upstream-ca"
-            ));
+        match rustls_error(e) {
+            Some(tls @ rustls::Error::InvalidCertificate(_)) => {
+                reason = Some(format!(
+                    "the TLS certificate of {authority} did not verify ({tls}); if this is your own server, pass its CA with --upstream-ca"
+                ));
+            }
+            Some(tls) => {
+                reason = Some(format!("the TLS handshake with {authority} failed ({tls})"));
+            }
+            None => {}
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             match io.kind() {
@@ -83,4 +84,15 @@ pub fn upstream_failure(
     let reason =
         reason.unwrap_or_else(|| format!("cannot reach {authority}: {}", chain.join(": ")));
     (status, reason)
+}
+
+/// The rustls error in `e`, also when wrapped in layers of `io::Error` (hyper-rustls wraps
+/// tokio-rustls's `io::Error` in another one, and `io::Error::source` skips the middle layer).
+fn rustls_error<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner: &(dyn std::error::Error + 'static) =
+        e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
 }

@@ -332,9 +332,9 @@ async fn forward(
     let method = parts.method.clone();
     let upstream_req = Request::from_parts(parts, upstream_body);
     let client = if upgrade || client_h1 {
-        &proxy.upstream.http1
+        proxy.upstream.http1()
     } else {
-        &proxy.upstream.any
+        proxy.upstream.any()
     };
     let mut resp = match client.request(upstream_req).await {
         Ok(resp) => resp,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,24 +15,61 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 
+use rustls::pki_types::CertificateDer;
+
 use super::body::ProxyBody;
 use super::{ProxyConfig, ProxyError};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, ProxyBody>;
 
 /// Two pools: one that may speak HTTP/2, and an HTTP/1.1-only one for `Upgrade` requests.
+/// Built on first use: reading the system roots is the slowest part of starting up, and a
+/// command that makes no request should not wait for it.
 pub struct Upstream {
-    pub any: HttpClient,
-    pub http1: HttpClient,
+    extra_roots: Vec<CertificateDer<'static>>,
+    clients: OnceLock<Clients>,
     pub resolver: Resolver,
+}
+
+struct Clients {
+    any: HttpClient,
+    http1: HttpClient,
 }
 
 impl Upstream {
     pub fn new(cfg: &ProxyConfig) -> Result<Upstream, ProxyError> {
-        let tls = client_config(cfg)?;
-        let resolver = Resolver {
-            pins: Arc::new(cfg.resolve.clone()),
-        };
+        let mut check = rustls::RootCertStore::empty();
+        for ca in &cfg.upstream_cas {
+            check
+                .add(ca.clone())
+                .map_err(|e| ProxyError::Tls(format!("--upstream-ca certificate rejected: {e}")))?;
+        }
+        Ok(Upstream {
+            extra_roots: cfg.upstream_cas.clone(),
+            clients: OnceLock::new(),
+            resolver: Resolver {
+                pins: Arc::new(cfg.resolve.clone()),
+            },
+        })
+    }
+
+    /// The pool that may speak HTTP/2.
+    pub fn any(&self) -> &HttpClient {
+        &self.clients().any
+    }
+
+    /// The HTTP/1.1-only pool.
+    pub fn http1(&self) -> &HttpClient {
+        &self.clients().http1
+    }
+
+    fn clients(&self) -> &Clients {
+        self.clients.get_or_init(|| self.build())
+    }
+
+    fn build(&self) -> Clients {
+        let tls = client_config(&self.extra_roots);
+        let resolver = self.resolver.clone();
         let connector = |h2: bool| {
             let mut http = HttpConnector::new_with_resolver(resolver.clone());
             http.enforce_http(false);
@@ -54,30 +91,24 @@ impl Upstream {
                 .pool_max_idle_per_host(64)
                 .build(connector(h2))
         };
-        Ok(Upstream {
+        Clients {
             any: client(true),
             http1: client(false),
-            resolver,
-        })
+        }
     }
 }
 
-fn client_config(cfg: &ProxyConfig) -> Result<rustls::ClientConfig, ProxyError> {
+/// System roots plus `--upstream-ca` (already checked in [`Upstream::new`]).
+fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    for ca in &cfg.upstream_cas {
-        roots
-            .add(ca.clone())
-            .map_err(|e| ProxyError::Tls(format!("--upstream-ca certificate rejected: {e}")))?;
-    }
+    roots.add_parsable_certificates(crate::ca::system_roots());
+    roots.add_parsable_certificates(extra.iter().cloned());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_no_client_auth()
 }
 
 /// DNS for upstream connections: `--resolve` pins first, then the system resolver.

@@ -15,6 +15,16 @@ pub struct Facts {
     pub nft: Option<PathBuf>,
 }
 
+/// What `run` decides on without forking probes (each probe creates and destroys a network
+/// namespace, which costs milliseconds): whether we hold CAP_NET_ADMIN, and where `nft` is.
+/// A sandbox that then cannot be built reports why.
+pub fn quick() -> (bool, Option<PathBuf>) {
+    (
+        caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false),
+        find_in_path("nft"),
+    )
+}
+
 pub fn facts() -> Facts {
     Facts {
         cap_net_admin: caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)
