@@ -66,6 +66,10 @@ pub fn upstream_failure(
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             match io.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    status = StatusCode::FORBIDDEN;
+                    reason = Some(io.to_string());
+                }
                 std::io::ErrorKind::ConnectionRefused => {
                     reason.get_or_insert(format!(
                         "{authority} refused the connection (is the server up?)"

@@ -188,6 +188,10 @@ async fn forward(
         ));
     }
 
+    if let Some(reason) = proxy.upstream.resolver.refuse_literal(&name) {
+        return Err(refuse(event, StatusCode::FORBIDDEN, &name, reason));
+    }
+
     // 3. Tokens in headers and target.
     let decider = Decider::new(proxy.clone(), &name, conn.tls);
     let mut bad_header = None;

@@ -118,18 +118,84 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// For an IP-literal host (which the HTTP connector does not resolve): why the proxy must
+    /// not connect to it, if it must not.
+    pub fn refuse_literal(&self, host: &str) -> Option<String> {
+        let name = crate::hosts::normalize(host);
+        let ip = crate::hosts::ip_literal(&name)?;
+        if self.pins.contains_key(&name) || !(is_this_machine(ip) || is_metadata(ip)) {
+            return None;
+        }
+        Some(format!(
+            "{name} is an address of this machine or a cloud metadata address; netcage does not connect there"
+        ))
+    }
+
+    /// Addresses for `host`. Unless pinned with `--resolve`, a name (or IP literal) that leads
+    /// only to this machine — loopback, unspecified, or an address of one of its interfaces —
+    /// is refused: the proxy runs on the host, so it would reach the host's own services (DNS
+    /// rebinding included). Such addresses are dropped from mixed answers.
     pub async fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         let name = crate::hosts::normalize(host);
         if let Some(ip) = self.pins.get(&name) {
             return Ok(vec![SocketAddr::new(*ip, port)]);
         }
-        if let Ok(ip) = name.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
+        let found: Vec<SocketAddr> = match name.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((name.as_str(), port))
+                .await?
+                .collect(),
+        };
+        let outside: Vec<SocketAddr> = found
+            .iter()
+            .copied()
+            .filter(|a| !is_this_machine(a.ip()) && !is_metadata(a.ip()))
+            .collect();
+        if outside.is_empty() && !found.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{name} leads to this machine or a cloud metadata address ({}); pin it with --resolve {name}=IP if that is meant",
+                    found[0].ip()
+                ),
+            ));
         }
-        Ok(tokio::net::lookup_host((name.as_str(), port))
-            .await?
-            .collect())
+        Ok(outside)
     }
+}
+
+fn is_metadata(ip: IpAddr) -> bool {
+    crate::policy::METADATA_HOSTS
+        .iter()
+        .any(|m| crate::hosts::ip_literal(m) == Some(ip))
+}
+
+/// Loopback, unspecified, or an address of one of this machine's interfaces.
+fn is_this_machine(ip: IpAddr) -> bool {
+    static LOCAL: OnceLock<Vec<IpAddr>> = OnceLock::new();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_canonical(),
+        v4 => v4,
+    };
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    LOCAL
+        .get_or_init(|| {
+            nix::ifaddrs::getifaddrs()
+                .map(|addrs| {
+                    addrs
+                        .filter_map(|a| a.address)
+                        .filter_map(|a| {
+                            a.as_sockaddr_in()
+                                .map(|v4| IpAddr::V4(v4.ip()))
+                                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .contains(&ip)
 }
 
 impl tower_service::Service<Name> for Resolver {
