@@ -134,3 +134,25 @@ fn open_with_head(key: &token::Key, text: &str) -> Option<(token::Secret, Option
         .map(|(i, _)| body_start + i)
         .find_map(|cut| Some((token::open(key, text.get(..cut)?).ok()?, Some(cut))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_running_into_a_path_is_found_by_its_longest_opening_prefix() {
+        let key = token::Key::from_bytes([3u8; 32]);
+        // Find a token without padding (its base64 runs straight into what follows).
+        let tok = (0..64)
+            .map(|i| token::seal(&key, &format!("bot{i}"), &["api.telegram.org".into()]))
+            .find(|t| !t.ends_with('='))
+            .unwrap();
+        let candidate = format!("{tok}/getMe");
+        let (secret, head) = open_with_head(&key, &candidate).unwrap();
+        assert_eq!(head, Some(tok.len()));
+        assert!(secret.value.starts_with("bot"));
+        assert!(open_with_head(&key, &tok).unwrap().1.is_none());
+        assert!(open_with_head(&key, "starpod:v1:AAAA/BBBB").is_none());
+        assert!(open_with_head(&key, "starpod:v1:").is_none());
+    }
+}
