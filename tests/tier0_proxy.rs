@@ -181,9 +181,14 @@ fn bad_client_input_is_answered_or_dropped_and_the_proxy_keeps_serving() {
         stream.write_all(b"0123456789").unwrap();
         std::thread::sleep(Duration::from_millis(200));
         drop(stream);
-        audit_has(path, &|l| {
+        let line = audit_has(path, &|l| {
             field(l, "path") == path && matches!(field(l, "decision"), "block" | "error")
         });
+        assert_eq!(
+            field(&line, "dst"),
+            format!("{BOUND}:{}", plain.port()),
+            "{line}"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline && plain.requests().is_empty() {
@@ -231,8 +236,11 @@ fn upstream_failures_are_502_with_a_one_line_json_reason() {
     assert_eq!(code, "502", "{text}");
     assert!(!body.trim_end().contains('\n'), "{body}");
     let json: Value = serde_json::from_str(body).unwrap();
+    let error = json["error"].as_str().unwrap();
     assert!(
-        json["error"].as_str().unwrap().contains("certificate"),
+        error.contains("certificate")
+            && error.contains("verify")
+            && error.contains("--upstream-ca"),
         "{json}"
     );
     assert!(rogue.requests().is_empty(), "{:#?}", rogue.requests());

@@ -50,6 +50,8 @@ pub fn load_or_ephemeral_key(args: &KeyArgs) -> anyhow::Result<Key> {
 /// A fully resolved proxy setup plus the environment the child gets for `--seal`.
 pub struct Resolved {
     pub proxy: ProxyConfig,
+    /// The audit log file (None for stderr): the sandbox hides it from the command.
+    pub audit_path: Option<PathBuf>,
     pub sealed_env: Vec<(String, String)>,
 }
 
@@ -134,6 +136,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     })?;
     let ca = Ca::load_or_create(&key_args.data_dir)?;
     Ok(Resolved {
+        audit_path: (audit_path != "-").then(|| {
+            let path = PathBuf::from(&audit_path);
+            std::fs::canonicalize(&path).unwrap_or(path)
+        }),
         proxy: ProxyConfig {
             key,
             policy,

@@ -30,7 +30,11 @@ pub fn doctor() -> anyhow::Result<u8> {
     println!(
         "Tier 1 (netns) on this machine:   {}",
         if tier1_possible {
-            "possible, but not implemented in this build yet: netcage runs in Tier 0"
+            if facts.nft.is_some() {
+                "available: `netcage run` uses it by default"
+            } else {
+                "possible once nft is installed (apt install nftables)"
+            }
         } else {
             "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces"
         }

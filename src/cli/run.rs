@@ -92,7 +92,14 @@ fn prepare_netns(
     Ok(LaunchSpec {
         rootless,
         nft,
-        mounts: plan::mount_plan(&data_dir, &key_file, public),
+        mounts: plan::mount_plan(
+            &data_dir,
+            &[Some(key_file), resolved.audit_path.clone()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            public,
+        ),
         program: args.command[0].clone(),
         args: args.command[1..].to_vec(),
         env,
@@ -128,9 +135,10 @@ fn run_netns_tier(resolved: Resolved, launched: launch::Launched) -> anyhow::Res
             let audit = proxy.audit().clone();
             std::thread::spawn(move || log_dropped_packets(fd, &audit));
         }
-        let pid = holder.as_raw() as u32;
-        let wait = tokio::task::spawn_blocking(move || launch::wait(holder));
-        let code = forward_signals_until(pid, wait).await?;
+        // launch() forwards signals to the holder from a thread of its own.
+        let code = tokio::task::spawn_blocking(move || launch::wait(holder))
+            .await
+            .context("waiting for the sandbox failed")?;
         if let Some(fd) = nflog_at_exit {
             // Packets dropped just before the command exited may not be read yet.
             let file = std::fs::File::from(fd);

@@ -343,6 +343,16 @@ fn apply_mounts(plan: &MountPlan) -> Result<(), String> {
         )
         .map_err(|e| format!("hide {}: {e}", file.display()))?;
     }
+    for dir in &plan.empty_dirs {
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=1m"),
+        )
+        .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
+    }
     Ok(())
 }
 

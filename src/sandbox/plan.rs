@@ -83,7 +83,10 @@ pub fn nft_ruleset(p: &Ports) -> String {
 }
 
 /// What the child's filesystem view needs: the data dir (key, CA key) hidden behind an empty
-/// tmpfs that holds only the public CA files, and a key file elsewhere covered too.
+/// tmpfs that holds only the public CA files; a key file or audit log elsewhere covered too; and
+/// `/run`, where host daemons keep their sockets (docker, containerd, systemd, dbus, nscd), behind
+/// an empty tmpfs, since a Unix socket would reach the host's services around the network
+/// namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPlan {
     /// tmpfs mounted over this directory.
@@ -92,22 +95,36 @@ pub struct MountPlan {
     pub public_files: Vec<(String, Vec<u8>)>,
     /// Files outside `hide_dir` covered by an empty file (bind mount of /dev/null).
     pub hide_files: Vec<PathBuf>,
+    /// Directories covered by an empty tmpfs after everything else.
+    pub empty_dirs: Vec<PathBuf>,
 }
+
+/// Where host daemons' sockets live.
+pub const DAEMON_DIRS: &[&str] = &["/run", "/var/run"];
 
 pub fn mount_plan(
     data_dir: &Path,
-    key_file: &Path,
+    secret_files: &[PathBuf],
     public_files: Vec<(String, Vec<u8>)>,
 ) -> MountPlan {
-    let hide_files = if key_file.starts_with(data_dir) || !key_file.exists() {
-        Vec::new()
-    } else {
-        vec![key_file.to_owned()]
-    };
+    let hide_files = secret_files
+        .iter()
+        .filter(|f| !f.starts_with(data_dir) && f.is_file())
+        .cloned()
+        .collect();
+    // A data dir under /run stays reachable (the command needs its public CA files); a symlink
+    // (/var/run -> /run) is covered by its target.
+    let empty_dirs = DAEMON_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|d| !data_dir.starts_with(d))
+        .filter(|d| d.symlink_metadata().is_ok_and(|m| m.is_dir()))
+        .collect();
     MountPlan {
         hide_dir: data_dir.to_owned(),
         public_files,
         hide_files,
+        empty_dirs,
     }
 }
 
@@ -169,9 +186,16 @@ mod tests {
         let data = dir.path().join("db");
         let key = dir.path().join("key");
         std::fs::write(&key, b"k").unwrap();
-        let plan = mount_plan(&data, &key, vec![]);
-        assert_eq!(plan.hide_files, vec![key.clone()]);
-        let inside = mount_plan(&data, &data.join(".vault_key"), vec![]);
+        let audit = dir.path().join("audit.jsonl");
+        std::fs::write(&audit, b"").unwrap();
+        let plan = mount_plan(&data, &[key.clone(), audit.clone()], vec![]);
+        assert_eq!(plan.hide_files, vec![key.clone(), audit]);
+        let inside = mount_plan(&data, &[data.join(".vault_key")], vec![]);
         assert!(inside.hide_files.is_empty());
+        if Path::new("/run").is_dir() {
+            assert!(plan.empty_dirs.contains(&PathBuf::from("/run")));
+            let under_run = mount_plan(Path::new("/run/starpod"), &[], vec![]);
+            assert!(!under_run.empty_dirs.contains(&PathBuf::from("/run")));
+        }
     }
 }

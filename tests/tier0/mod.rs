@@ -337,3 +337,33 @@ impl Fx {
         hits
     }
 }
+
+/// SHA-256 of `data` by `sha256sum` (coreutils): the `sha2` crate is unoptimized in test
+/// builds and takes seconds for 64 MiB.
+pub fn fast_sha256(data: &[u8]) -> [u8; 32] {
+    let out = run_with_stdin(Command::new("sha256sum").arg("-b"), data, RUN_TIMEOUT);
+    let text = stdout_str(succeeded(&out));
+    let hex = text.split_whitespace().next().unwrap_or_default();
+    assert_eq!(hex.len(), 64, "sha256sum printed {text:?}");
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digest");
+    }
+    digest
+}
+
+/// Whatever a test did, the audit log must never hold the secret value (DESIGN §1.4: secrets
+/// appear only as fingerprints).
+impl Drop for Fx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let log = std::fs::read(&self.audit).unwrap_or_default();
+        assert!(
+            free_of(&log, SECRET.as_bytes()),
+            "the audit log holds the secret value:\n{}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+}

@@ -7,7 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -198,18 +198,38 @@ impl Fx {
     /// `netcage` as this mode runs it: directly, or through `setpriv` as [`UID`]. The client
     /// environment does not depend on this machine; the working directory is the scratch root.
     pub fn netcage(&self) -> Command {
+        self.as_user(&netcage_bin())
+    }
+
+    /// `program` run as this mode's user (root, or [`UID`] through `setpriv`), with the same
+    /// environment and working directory as [`Fx::netcage`].
+    pub fn as_user(&self, program: &Path) -> Command {
         let mut cmd = match self.mode {
-            Mode::Root => Command::new(netcage_bin()),
+            Mode::Root => Command::new(program),
             Mode::Rootless => {
                 let mut cmd = Command::new("setpriv");
                 cmd.args(["--reuid", &UID.to_string(), "--regid", &UID.to_string()])
                     .arg("--clear-groups")
-                    .arg(netcage_bin());
+                    .arg(program);
                 cmd
             }
         };
         isolate_client_env(&mut cmd, self.env.root());
         cmd.current_dir(self.env.root());
+        cmd
+    }
+
+    /// Like [`Fx::run_cmd`], but netcage is exec'd by a shell that first exports its own pid
+    /// (which exec keeps) as `NETCAGE_PID`: the child learns netcage's host pid that way,
+    /// since its own pid namespace cannot show it.
+    pub fn run_cmd_exposing_pid(&self, opts: &[&str], child: &[&str]) -> Command {
+        let mut cmd = self.as_user(Path::new("/bin/sh"));
+        cmd.args([
+            "-c",
+            "NETCAGE_PID=$$; export NETCAGE_PID; exec \"$0\" \"$@\"",
+        ])
+        .arg(netcage_bin());
+        self.run_args(&mut cmd, opts, child);
         cmd
     }
 
@@ -417,7 +437,14 @@ pub fn assert_no_secret_material(haystack: &[u8], key: &[u8; 32], what: &str) {
 /// target the machine itself and nothing beyond it.
 pub fn machine_addrs(v6: bool) -> Vec<String> {
     let out = Command::new("ip")
-        .args([if v6 { "-6" } else { "-4" }, "-o", "addr", "show", "scope", "global"])
+        .args([
+            if v6 { "-6" } else { "-4" },
+            "-o",
+            "addr",
+            "show",
+            "scope",
+            "global",
+        ])
         .output()
         .expect("run ip");
     String::from_utf8_lossy(&out.stdout)
@@ -431,7 +458,7 @@ pub fn machine_addrs(v6: bool) -> Vec<String> {
         .collect()
 }
 
-/// The first global IPv4 address of this machine, or why there is none.
+/// The first global IPv4 address of this machine.
 pub fn machine_v4() -> Option<String> {
     machine_addrs(false).into_iter().next()
 }
@@ -448,7 +475,11 @@ pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
         return found;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -488,22 +519,25 @@ pub fn mounts_on(dir: &Path) -> Vec<String> {
 /// Counts escape attempts, proven to have failed, across a test binary.
 pub static ESCAPES: AtomicUsize = AtomicUsize::new(0);
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
 
-/// One test's tally of escape attempts.
+/// One test's tally of escape attempts. The last tally of the binary to be finished (or
+/// dropped by a failing test) prints the binary's total.
 pub struct Tally {
     test: &'static str,
     count: usize,
     total_tests: usize,
+    finished: bool,
 }
 
 impl Tally {
-    /// `total_tests`: how many tests of this binary keep a tally (the last one to finish prints
-    /// the binary's total).
+    /// `total_tests`: how many tests of this binary keep a tally.
     pub fn new(test: &'static str, total_tests: usize) -> Self {
         Tally {
             test,
             count: 0,
             total_tests,
+            finished: false,
         }
     }
 
@@ -514,14 +548,37 @@ impl Tally {
         eprintln!("  blocked [{}] {what}", mode.name());
     }
 
-    pub fn finish(self) {
-        eprintln!("{}: {} escape attempts, all failed", self.test, self.count);
+    /// The test passed: every attempt it made failed.
+    pub fn finish(mut self) {
+        self.finished = true;
         println!("{}: {} escape attempts, all failed", self.test, self.count);
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if !self.finished {
+            FAILED.fetch_add(1, Ordering::SeqCst);
+            println!(
+                "{}: FAILED after {} escape attempts proven to fail",
+                self.test, self.count
+            );
+        }
         let done = FINISHED.fetch_add(1, Ordering::SeqCst) + 1;
         if done == self.total_tests {
             let total = ESCAPES.load(Ordering::SeqCst);
-            eprintln!("ESCAPE SUITE: {total} escape attempts, all failed");
-            println!("ESCAPE SUITE: {total} escape attempts, all failed");
+            let failed = FAILED.load(Ordering::SeqCst);
+            let line = if failed == 0 {
+                format!("ESCAPE SUITE: {total} escape attempts, all proven to fail")
+            } else {
+                format!(
+                    "ESCAPE SUITE: {total} escape attempts proven to fail; {failed} test(s) found \
+                     a way out or failed"
+                )
+            };
+            // Straight to the process's stderr, past the test harness's output capture, so the
+            // count shows in every run.
+            let _ = writeln!(std::io::stderr(), "\n{line}");
         }
     }
 }
@@ -553,7 +610,7 @@ impl TcpSink {
                         let b = b.clone();
                         thread::spawn(move || {
                             let _ = stream.set_nonblocking(false);
-                            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
                             let mut buf = [0u8; 4096];
                             while let Ok(n @ 1..) = stream.read(&mut buf) {
                                 b.lock().unwrap().extend_from_slice(&buf[..n]);
@@ -585,13 +642,27 @@ impl TcpSink {
         self.bytes.lock().unwrap().clone()
     }
 
+    /// What reached this listener, if anything.
+    pub fn touched(&self) -> Option<String> {
+        let (conns, bytes) = (self.connections(), self.bytes());
+        (conns != 0 || !bytes.is_empty()).then(|| {
+            format!(
+                "the host listener on {} got {conns} connection(s) and these bytes: {:?}",
+                self.addr,
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
     /// Panics if anything reached this listener.
     pub fn assert_untouched(&self, what: &str) {
-        assert_eq!(
-            (self.connections(), self.bytes()),
-            (0, Vec::new()),
-            "{what}: the host listener on {} was reached",
-            self.addr
+        let (conns, bytes) = (self.connections(), self.bytes());
+        assert!(
+            conns == 0 && bytes.is_empty(),
+            "ESCAPED — {what}: the host listener on {} got {conns} connection(s) and these \
+             bytes:\n{}",
+            self.addr,
+            String::from_utf8_lossy(&bytes)
         );
     }
 }
@@ -605,10 +676,13 @@ impl Drop for TcpSink {
     }
 }
 
+/// Where a datagram came from, and its bytes.
+type Datagram = (SocketAddr, Vec<u8>);
+
 /// A UDP socket on the host that records every datagram it gets.
 pub struct UdpSink {
     pub addr: SocketAddr,
-    datagrams: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    datagrams: Arc<Mutex<Vec<Datagram>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -668,4 +742,29 @@ impl Drop for UdpSink {
 /// show up at a host listener before it is checked.
 pub fn settle() {
     thread::sleep(Duration::from_millis(300));
+}
+
+/// Names other than `localhost` that this machine's `/etc/hosts` maps to a loopback address
+/// (often the machine's own host name): the proxy, which resolves names on the host, would
+/// connect to the host's loopback for them.
+pub fn loopback_names() -> Vec<String> {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let mut names = Vec::new();
+    for line in hosts.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(Ok(ip)) = words.next().map(str::parse::<std::net::IpAddr>) else {
+            continue;
+        };
+        if !ip.is_loopback() {
+            continue;
+        }
+        for name in words {
+            let lower = name.to_ascii_lowercase();
+            if lower != "localhost" && !lower.ends_with(".localhost") && !names.contains(&lower) {
+                names.push(lower);
+            }
+        }
+    }
+    names
 }
