@@ -36,6 +36,12 @@ pub fn empty() -> ProxyBody {
 #[error("netcage blocked the request body: it carries a token that may not be sent to this host")]
 pub struct BodyBlocked;
 
+/// The body being passed on failed at its source (for a request: the client went away or sent
+/// a broken body), as opposed to a failure of the side it was being sent to.
+#[derive(Debug, thiserror::Error)]
+#[error("the body ended early at its source: {0}")]
+pub struct SourceFailed(#[source] pub BoxError);
+
 /// A transformation applied to the data frames of a body.
 pub trait Transform: Send + 'static {
     fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError>;
@@ -120,7 +126,9 @@ where
             }
             let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => {
+                    return Poll::Ready(Some(Err(Box::new(SourceFailed(e.into())))));
+                }
                 None => {
                     this.done = true;
                     match this.transform.finish() {

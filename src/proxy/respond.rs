@@ -52,6 +52,13 @@ pub fn upstream_failure(
     let mut status = StatusCode::BAD_GATEWAY;
     let mut reason = None;
     while let Some(e) = cur {
+        if e.is::<super::body::SourceFailed>() {
+            return (
+                StatusCode::BAD_REQUEST,
+                "the client's request body ended before it was complete (the client went away?)"
+                    .to_owned(),
+            );
+        }
         chain.push(e.to_string());
         match rustls_error(e) {
             Some(tls @ rustls::Error::InvalidCertificate(_)) => {
