@@ -116,6 +116,36 @@ pub fn chown_tree(path: &Path) {
     }
 }
 
+/// The netcage binary for [`UID`]: the build's own when others may reach it, else a copy.
+fn rootless_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = netcage_bin();
+        if usable_by_others(&built) {
+            return built;
+        }
+        let dir = std::env::temp_dir().join(format!("netcage-tier1-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("netcage");
+        std::fs::copy(&built, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_usable_by_others(&copy);
+        copy
+    })
+    .clone()
+}
+
+fn usable_by_others(path: &Path) -> bool {
+    let x = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    x(path)
+        && path
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .all(x)
+}
+
 /// Panics unless `path` and every directory above it may be used by other users: the
 /// rootless run executes netcage as [`UID`].
 fn assert_usable_by_others(path: &Path) {
@@ -160,7 +190,6 @@ impl Fx {
         let up = Upstream::start(&ca, &[BOUND, OTHER, "127.0.0.1"]);
         let audit = env.path("audit.jsonl");
         if mode == Mode::Rootless {
-            assert_usable_by_others(&netcage_bin());
             // The unprivileged user owns its scratch root and data dir, as a real user would.
             chown_tree(env.root());
         }
@@ -198,7 +227,17 @@ impl Fx {
     /// `netcage` as this mode runs it: directly, or through `setpriv` as [`UID`]. The client
     /// environment does not depend on this machine; the working directory is the scratch root.
     pub fn netcage(&self) -> Command {
-        self.as_user(&netcage_bin())
+        self.as_user(&self.bin())
+    }
+
+    /// The netcage binary this mode can execute: the build's own, or for the rootless user a
+    /// copy in a directory everyone may enter when the build sits below one they may not
+    /// (e.g. a checkout under /root).
+    pub fn bin(&self) -> PathBuf {
+        match self.mode {
+            Mode::Root => netcage_bin(),
+            Mode::Rootless => rootless_bin(),
+        }
     }
 
     /// `program` run as this mode's user (root, or [`UID`] through `setpriv`), with the same
@@ -228,7 +267,7 @@ impl Fx {
             "-c",
             "NETCAGE_PID=$$; export NETCAGE_PID; exec \"$0\" \"$@\"",
         ])
-        .arg(netcage_bin());
+        .arg(self.bin());
         self.run_args(&mut cmd, opts, child);
         cmd
     }
