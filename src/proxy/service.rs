@@ -21,7 +21,7 @@ use super::decide::Decider;
 use super::{ConnInfo, Proxy, respond};
 use crate::audit::Event;
 use crate::hosts;
-use crate::scan::{self, BodyScanner, Redactor};
+use crate::scan::{self, BodyScanner, RedactSet};
 
 /// Request bodies with a `Content-Length` up to this size are read whole before anything goes
 /// upstream, so a blocked token stops the request before a byte leaves and `Content-Length`
@@ -30,7 +30,15 @@ use crate::scan::{self, BodyScanner, Redactor};
 pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// Values substituted on one client connection; responses on it must not show them.
-pub type ReflectSet = Arc<Mutex<Vec<(Zeroizing<Vec<u8>>, Vec<u8>)>>>;
+pub type ReflectSet = Arc<Mutex<Reflect>>;
+
+/// The (value, token) pairs of one connection and their compiled matcher, rebuilt only when a
+/// new value joins.
+#[derive(Default)]
+pub struct Reflect {
+    pairs: Vec<(Zeroizing<Vec<u8>>, Vec<u8>)>,
+    compiled: Option<Arc<RedactSet>>,
+}
 
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -287,16 +295,22 @@ async fn forward(
     let redactor = {
         let mut set = reflect.lock().unwrap_or_else(|p| p.into_inner());
         let record = decider.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grew = false;
         for (value, token) in &record.substituted {
-            if !set.iter().any(|(v, _)| v == value) {
-                set.push((value.clone(), token.clone()));
+            if !set.pairs.iter().any(|(v, _)| v == value) {
+                set.pairs.push((value.clone(), token.clone()));
+                grew = true;
             }
         }
-        let pairs: Vec<(&[u8], &[u8])> = set
-            .iter()
-            .map(|(v, t)| (v.as_slice(), t.as_slice()))
-            .collect();
-        Redactor::new(&pairs)
+        if grew {
+            let pairs: Vec<(&[u8], &[u8])> = set
+                .pairs
+                .iter()
+                .map(|(v, t)| (v.as_slice(), t.as_slice()))
+                .collect();
+            set.compiled = RedactSet::new(&pairs);
+        }
+        set.compiled.as_ref().map(RedactSet::redactor)
     };
     if redactor.is_some() {
         // Compressed responses could hide a reflected value from the redactor.

@@ -59,7 +59,7 @@ mod target;
 pub use body::BodyScanner;
 pub use find::{Form, Found, find_tokens, percent_encode_into};
 pub use header::scan_header_value;
-pub use reflect::Redactor;
+pub use reflect::{RedactSet, Redactor};
 pub use target::scan_target;
 /// Re-exported so callers can build [`Decision::Substitute`] without naming the `zeroize` crate.
 pub use zeroize::Zeroizing;

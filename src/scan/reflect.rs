@@ -20,13 +20,42 @@ use super::MIN_REFLECT_LEN;
 /// The bytes held back (which may be part of a value) are wiped when released or dropped.
 /// The matcher keeps its own copy of the values (inside `aho-corasick`), which is not wiped.
 pub struct Redactor {
+    set: std::sync::Arc<RedactSet>,
+    /// Stream bytes not yet released (fewer than `max_len`).
+    held: Zeroizing<Vec<u8>>,
+}
+
+/// The compiled matcher for a set of (value, token) pairs: built once, shared by every
+/// [`Redactor`] made from it (building it costs far more than redacting one response).
+pub struct RedactSet {
     matcher: Matcher,
     /// Token text for each pattern id.
     tokens: Vec<Box<[u8]>>,
     /// Length of the longest value.
     max_len: usize,
-    /// Stream bytes not yet released (fewer than `max_len`).
-    held: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RedactSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedactSet")
+            .field("values", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedactSet {
+    /// Compiles `pairs` (see [`Redactor::new`]); None if no pair is long enough to redact.
+    pub fn new(pairs: &[(&[u8], &[u8])]) -> Option<std::sync::Arc<Self>> {
+        Redactor::build(pairs, true).map(|r| r.set)
+    }
+
+    /// A fresh streaming redactor over this set.
+    pub fn redactor(self: &std::sync::Arc<Self>) -> Redactor {
+        Redactor {
+            set: self.clone(),
+            held: Zeroizing::new(Vec::new()),
+        }
+    }
 }
 
 enum Matcher {
@@ -43,7 +72,7 @@ impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print values.
         f.debug_struct("Redactor")
-            .field("values", &self.tokens.len())
+            .field("values", &self.set.tokens.len())
             .field("held", &self.held.len())
             .finish_non_exhaustive()
     }
@@ -87,15 +116,20 @@ impl Redactor {
             ),
         };
         Some(Redactor {
-            matcher,
-            tokens: kept.iter().map(|(_, t)| Box::<[u8]>::from(*t)).collect(),
-            max_len: kept.iter().map(|(v, _)| v.len()).max().unwrap_or(1),
+            set: std::sync::Arc::new(RedactSet {
+                matcher,
+                tokens: kept.iter().map(|(_, t)| Box::<[u8]>::from(*t)).collect(),
+                max_len: kept.iter().map(|(v, _)| v.len()).max().unwrap_or(1),
+            }),
             held: Zeroizing::new(Vec::new()),
         })
     }
 
     fn token(&self, id: PatternID) -> &[u8] {
-        self.tokens.get(id.as_usize()).map_or(&[][..], |t| &t[..])
+        self.set
+            .tokens
+            .get(id.as_usize())
+            .map_or(&[][..], |t| &t[..])
     }
 
     /// The leftmost-longest matches in `data` from `from` on that start before `stop`, into
@@ -117,7 +151,7 @@ impl Redactor {
             hits.push((s, end, m.pattern()));
             true
         };
-        match &self.matcher {
+        match &self.set.matcher {
             Matcher::Packed(p) => {
                 for m in p.find_iter(hay) {
                     if !take(m) {
@@ -149,7 +183,7 @@ impl Redactor {
 
     /// Where a stream that goes on after `len` bytes is decided up to (see `matches`).
     fn safe(&self, len: usize) -> usize {
-        (len + 1).saturating_sub(self.max_len)
+        (len + 1).saturating_sub(self.set.max_len)
     }
 
     /// Replace every value in `data`. `None`: no value found.
@@ -171,7 +205,7 @@ impl Redactor {
         }
         let mut hits = Vec::new();
         let h = self.held.len();
-        if h > 0 && chunk.len() <= self.max_len {
+        if h > 0 && chunk.len() <= self.set.max_len {
             // A small chunk: join it to what is held (fewer than 2 * max_len bytes).
             self.hold(&chunk);
             let held = std::mem::take(&mut self.held);
@@ -187,9 +221,9 @@ impl Redactor {
         if h > 0 {
             // The junction: matches starting in the held bytes end within `max_len` bytes of the
             // chunk, so those suffice to decide them.
-            let mut joint = Zeroizing::new(Vec::with_capacity(h + self.max_len));
+            let mut joint = Zeroizing::new(Vec::with_capacity(h + self.set.max_len));
             joint.extend_from_slice(&self.held);
-            joint.extend_from_slice(chunk.get(..self.max_len).unwrap_or_default());
+            joint.extend_from_slice(chunk.get(..self.set.max_len).unwrap_or_default());
             let end = self.matches(&joint, 0, h, &mut hits);
             out.reserve(chunk.len() + h + 64);
             self.render(&joint, 0, end, &hits, &mut out);
@@ -224,7 +258,7 @@ impl Redactor {
     fn hold(&mut self, data: &[u8]) {
         let need = self.held.len() + data.len();
         if need > self.held.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.max_len)));
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.set.max_len)));
             bigger.extend_from_slice(&self.held);
             self.held = bigger;
         }
