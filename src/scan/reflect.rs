@@ -351,7 +351,7 @@ mod tests {
         let pairs: [(&[u8], &[u8]); 2] = [(b"secret-one", b"T1"), (b"secret-one-two", b"T2")];
         let packed = Redactor::build(&pairs, true).unwrap();
         let automaton = Redactor::build(&pairs, false).unwrap();
-        assert!(matches!(automaton.matcher, Matcher::Automaton(_)));
+        assert!(matches!(automaton.set.matcher, Matcher::Automaton(_)));
         let data = b"secret-one-two secret-one-tw secret-onesecret-one";
         for r in [packed, automaton] {
             assert_eq!(r.redact(data).unwrap(), b"T2 T1-tw T1T1");
