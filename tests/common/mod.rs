@@ -15,6 +15,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of this module
 
 pub mod ca;
+pub mod output;
 pub mod process;
 pub mod upstream;
 pub mod vault;
@@ -26,6 +27,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 pub use ca::TestCa;
+pub use output::{field, hex, pct, stdout_json, stdout_str, succeeded};
 pub use process::{KillOnDrop, describe, run_with_stdin, run_with_timeout, wait_until};
 pub use upstream::{
     BODY_PREFIX_LIMIT, GIT_HEAD_SHA, Recorded, Upstream, WsFrame, pattern, pattern_sha256,
