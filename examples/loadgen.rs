@@ -195,7 +195,7 @@ fn upload_data(len: usize) -> Bytes {
 
 async fn open(sh: &Shared) -> anyhow::Result<Sender> {
     let t = &sh.target;
-    let mut tcp = match (sh.args.proxy, sh.addr) {
+    let tcp = match (sh.args.proxy, sh.addr) {
         (Some(proxy), _) => {
             let mut s = TcpStream::connect(proxy)
                 .await
@@ -237,7 +237,7 @@ async fn open(sh: &Shared) -> anyhow::Result<Sender> {
     let io = TokioIo::new(tls);
     if sh.args.http2 {
         if !h2 {
-            bail!("the server did not agree to HTTP/2 (ALPN)");
+            return Err(Fatal("the server (or proxy) did not agree to HTTP/2 (ALPN)").into());
         }
         let (send, conn) = http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
@@ -294,8 +294,24 @@ async fn request(sh: &Shared, sender: &mut Sender) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
+/// An error that retrying cannot fix: the run stops.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(&'static str);
+
+/// How long past --duration a worker keeps trying to reach --min-requests.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The request failed because the reused connection was closed before a response came.
+fn stale(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<hyper::Error>())
+        .any(|h| h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+}
+
 #[derive(Default)]
 struct WorkerResult {
+    retries: u64,
     latencies_us: Vec<u32>,
     bytes: u64,
     errors: u64,
@@ -306,18 +322,34 @@ async fn worker(sh: Arc<Shared>, deadline: Instant) -> WorkerResult {
     let mut out = WorkerResult::default();
     let mut sender: Option<Sender> = None;
     loop {
-        if Instant::now() >= deadline && sh.done.load(Ordering::Relaxed) >= sh.args.min_requests {
+        let now = Instant::now();
+        if now >= deadline
+            && (sh.done.load(Ordering::Relaxed) >= sh.args.min_requests || now >= deadline + GRACE)
+        {
             break;
         }
         let start = Instant::now();
-        let result = async {
-            if sender.is_none() || sh.args.new_conn {
-                sender = Some(open(&sh).await?);
+        let mut result = Err(anyhow!("not tried"));
+        for attempt in 0..2 {
+            let reused = sender.is_some() && !sh.args.new_conn;
+            result = async {
+                if !reused {
+                    sender = Some(open(&sh).await?);
+                }
+                let s = sender.as_mut().expect("just opened");
+                request(&sh, s).await
             }
-            let s = sender.as_mut().expect("just opened");
-            request(&sh, s).await
+            .await;
+            // A keep-alive connection the server closed just as the request went out: what any
+            // client does is open a new one and try again, once.
+            match &result {
+                Err(e) if attempt == 0 && reused && stale(e) => {
+                    sender = None;
+                    out.retries += 1;
+                }
+                _ => break,
+            }
         }
-        .await;
         match result {
             Ok(bytes) => {
                 out.latencies_us
@@ -329,7 +361,7 @@ async fn worker(sh: Arc<Shared>, deadline: Instant) -> WorkerResult {
                 out.errors += 1;
                 out.first_error.get_or_insert_with(|| format!("{e:#}"));
                 sender = None;
-                if out.errors > 1000 {
+                if out.errors > 1000 || e.downcast_ref::<Fatal>().is_some() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -441,6 +473,7 @@ async fn main_async(args: Args) -> anyhow::Result<serde_json::Value> {
         all.latencies_us.extend(r.latencies_us);
         all.bytes += r.bytes;
         all.errors += r.errors;
+        all.retries += r.retries;
         if all.first_error.is_none() {
             all.first_error = r.first_error;
         }
@@ -452,6 +485,7 @@ async fn main_async(args: Args) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "requests": n,
         "errors": all.errors,
+        "retries": all.retries,
         "first_error": all.first_error,
         "secs": secs,
         "rps": n as f64 / secs,
