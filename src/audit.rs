@@ -2,10 +2,10 @@
 //! Secrets appear only as token fingerprints, never as values.
 
 use std::fs::OpenOptions;
-use std::io::{LineWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use serde::Serialize;
 
@@ -77,10 +77,20 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Where audit lines go.
+/// Where audit lines go. Events are serialized and written by a thread of their own, so a
+/// request never waits for the disk; lines are flushed whenever the queue runs empty, and
+/// [`AuditLog::flush`] waits until everything sent so far is written.
 pub struct AuditLog {
-    out: Option<Mutex<Box<dyn Write + Send>>>,
+    tx: Option<SyncSender<Msg>>,
 }
+
+enum Msg {
+    Event(Box<Event>),
+    Flush(SyncSender<()>),
+}
+
+/// Events queued before `log` waits for the writer (back-pressure: no line is ever dropped).
+const QUEUE: usize = 8192;
 
 impl AuditLog {
     /// Opens `path` for appending (created 0600), or stderr for `-`.
@@ -97,30 +107,77 @@ impl AuditLog {
                 .append(true)
                 .mode(0o600)
                 .open(path)?;
-            Box::new(LineWriter::new(file))
+            Box::new(BufWriter::new(file))
         };
-        Ok(AuditLog {
-            out: Some(Mutex::new(out)),
-        })
+        let (tx, rx) = sync_channel(QUEUE);
+        // The writer takes no signals: netcage's signal handling (sigwait in the Tier 1
+        // launcher, tokio's handlers) must see them, and a new thread inherits this mask.
+        let all = nix::sys::signal::SigSet::all();
+        let previous = all.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+        let spawned = std::thread::Builder::new()
+            .name("netcage-audit".into())
+            .spawn(move || write_lines(rx, out));
+        if let Ok(previous) = previous {
+            let _ = previous.thread_set_mask();
+        }
+        spawned?;
+        Ok(AuditLog { tx: Some(tx) })
     }
 
     /// A log that drops everything (library use and tests that do not care).
     pub fn disabled() -> Self {
-        AuditLog { out: None }
+        AuditLog { tx: None }
     }
 
-    /// Writes one event as one line. Failures to write are reported once on stderr.
-    pub fn log(&self, event: &Event) {
-        let Some(out) = &self.out else { return };
-        let Ok(mut line) = serde_json::to_vec(event) else {
-            return;
-        };
-        line.push(b'\n');
-        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = out.write_all(&line) {
-            eprintln!("netcage: cannot write the audit log: {e}");
+    /// Queues one event; it becomes one line.
+    pub fn log(&self, event: Event) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Event(Box::new(event)));
         }
     }
+
+    /// Waits until every event logged before this call is written out.
+    pub fn flush(&self) {
+        if let Some(tx) = &self.tx {
+            let (done_tx, done_rx) = sync_channel(1);
+            if tx.send(Msg::Flush(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>) {
+    let mut failed = false;
+    let mut line = Vec::with_capacity(512);
+    while let Ok(mut msg) = rx.recv() {
+        loop {
+            match msg {
+                Msg::Event(event) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &event).is_ok() {
+                        line.push(b'\n');
+                        if let Err(e) = out.write_all(&line)
+                            && !failed
+                        {
+                            failed = true;
+                            eprintln!("netcage: cannot write the audit log: {e}");
+                        }
+                    }
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => msg = next,
+                Err(_) => break,
+            }
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
 }
 
 #[cfg(test)]
@@ -140,8 +197,9 @@ mod tests {
             location: "header:authorization".into(),
             bound_hosts: vec!["api.github.com".into()],
         });
-        log.log(&e);
-        log.log(&Event::new("connection", "allow"));
+        log.log(e);
+        log.log(Event::new("connection", "allow"));
+        log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

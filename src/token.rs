@@ -24,9 +24,10 @@ pub const PREFIX: &str = "starpod:v1:";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
-/// The 32-byte master key. Zeroed on drop; `Debug` never shows it.
+/// The 32-byte master key, with its AES key schedule expanded once (both zeroed on drop;
+/// `Debug` never shows them).
 #[derive(Clone)]
-pub struct Key(Zeroizing<[u8; 32]>);
+pub struct Key(Zeroizing<[u8; 32]>, Aes256Gcm);
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,7 +67,8 @@ pub struct LoadedKey {
 
 impl Key {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Key(Zeroizing::new(bytes))
+        let cipher = Aes256Gcm::new((&bytes).into());
+        Key(Zeroizing::new(bytes), cipher)
     }
 
     /// A fresh random key.
@@ -162,8 +164,8 @@ impl Key {
         Ok(key)
     }
 
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(self.0.as_slice().into())
+    fn cipher(&self) -> &Aes256Gcm {
+        &self.1
     }
 }
 
@@ -251,11 +253,13 @@ pub fn open(key: &Key, token: &str) -> Result<Secret, TokenError> {
 
 /// A short, stable name for a token in logs: a hash of the token *text*, never of the value.
 pub fn fingerprint(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(token.as_bytes());
     let mut out = String::with_capacity(15);
     out.push_str("fp:");
     for byte in &digest[..6] {
-        out.push_str(&format!("{byte:02x}"));
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0x0f)] as char);
     }
     out
 }

@@ -18,7 +18,8 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let audit = resolved.proxy.audit.clone();
+    let result = runtime.block_on(async move {
         let proxy = Proxy::new(resolved.proxy)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -39,5 +40,8 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
             } => {}
         }
         Ok(0)
-    })
+    });
+    drop(runtime);
+    audit.flush();
+    result
 }

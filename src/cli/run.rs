@@ -19,6 +19,14 @@ const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     let resolved = resolve(&args.key, &args.policy)?;
+    let audit = resolved.proxy.audit.clone();
+    let result = run_in_a_tier(args, resolved);
+    // Responses still in flight when the runtime shut down have queued their lines by now.
+    audit.flush();
+    result
+}
+
+fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     if args.tier == Tier::Env {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
         return runtime()?.block_on(run_env_tier(args, resolved));
@@ -173,7 +181,7 @@ fn log_dropped_packets(fd: std::os::fd::OwnedFd, audit: &netcage::audit::AuditLo
                 }
                 None => "only TCP through the proxy and DNS may leave the sandbox".to_owned(),
             });
-            audit.log(&event);
+            audit.log(event);
         }
     }
 }

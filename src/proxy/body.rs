@@ -221,7 +221,7 @@ impl<B> Drop for Audited<B> {
                     ));
                 }
             }
-            self.audit.log(&event);
+            self.audit.log(event);
         }
     }
 }

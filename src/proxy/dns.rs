@@ -120,7 +120,7 @@ fn log(proxy: &Proxy, answered: &Answered) {
     if !answered.allowed {
         event.reason = Some("name not allowed by the egress policy: NXDOMAIN".into());
     }
-    proxy.cfg.audit.log(&event);
+    proxy.cfg.audit.log(event);
 }
 
 fn reply_for(proxy: &Proxy, names: &SyntheticNames, query: &[u8]) -> Option<Vec<u8>> {

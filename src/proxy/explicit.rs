@@ -90,7 +90,7 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
         event.client = Some(client.to_string());
         event.host = host;
         event.reason = Some(reason);
-        proxy.cfg.audit.log(&event);
+        proxy.cfg.audit.log(event);
     };
     match head {
         Head::Bad(reason) => {

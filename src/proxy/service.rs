@@ -51,14 +51,18 @@ const HOP_BY_HOP: &[HeaderName] = &[
 ];
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
+    let listed: Vec<HeaderName> = if !headers.contains_key(header::CONNECTION) {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect()
+    };
     for name in listed {
         headers.remove(name);
     }
@@ -116,7 +120,7 @@ pub async fn handle(
     };
     event.status = Some(resp.status().as_u16());
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    proxy.cfg.audit.log(&event);
+    proxy.cfg.audit.log(event);
     Ok(resp)
 }
 

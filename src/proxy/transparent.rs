@@ -67,7 +67,7 @@ async fn handle(
             event.client = Some(client.to_string());
             event.dst = Some(dst.to_string());
             event.reason = Some("synthetic address that netcage's DNS never handed out".into());
-            proxy.cfg.audit.log(&event);
+            proxy.cfg.audit.log(event);
             return;
         }
         None => match dst.ip() {

@@ -77,7 +77,7 @@ where
             }
             Err(e) => {
                 let event = connection_event(&conn, "error", e.to_string());
-                proxy.cfg.audit.log(&event);
+                proxy.cfg.audit.log(event);
             }
         }
     } else if is_http {
@@ -91,7 +91,7 @@ where
         proxy
             .cfg
             .audit
-            .log(&connection_event(&conn, "block", reason));
+            .log(connection_event(&conn, "block", reason));
     }
 }
 
@@ -144,5 +144,5 @@ async fn relay_raw<IO>(
         }
     }
     event.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    proxy.cfg.audit.log(&event);
+    proxy.cfg.audit.log(event);
 }
