@@ -275,34 +275,36 @@ fn build(
 
     let mut kinds = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut ports = Ports::default();
-    let tcp4 = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listen 127.0.0.1: {e}"))?;
-    ports.tcp4 = tcp4.local_addr().map(|a| a.port()).unwrap_or(0);
-    kinds.push("tcp");
-    fds.push(tcp4.into());
-    if let Ok(tcp6) = TcpListener::bind("[::1]:0") {
-        ports.tcp6 = tcp6.local_addr().map(|a| a.port()).unwrap_or(0);
-        kinds.push("tcp");
-        fds.push(tcp6.into());
-    }
-    let dns4 = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("DNS socket: {e}"))?;
-    ports.dns4 = dns4.local_addr().map(|a| a.port()).unwrap_or(0);
-    kinds.push("dns");
-    fds.push(dns4.into());
-    if let Ok(dns6) = UdpSocket::bind("[::1]:0") {
-        ports.dns6 = dns6.local_addr().map(|a| a.port()).unwrap_or(0);
-        kinds.push("dns");
-        fds.push(dns6.into());
-    }
-    if let Ok(t) = TcpListener::bind("127.0.0.1:0") {
-        ports.dns_tcp4 = t.local_addr().map(|a| a.port()).unwrap_or(0);
-        kinds.push("dnstcp");
-        fds.push(t.into());
-    }
-    if let Ok(t) = TcpListener::bind("[::1]:0") {
-        ports.dns_tcp6 = t.local_addr().map(|a| a.port()).unwrap_or(0);
-        kinds.push("dnstcp");
-        fds.push(t.into());
+    // Keeps a bound socket (its kind and descriptor) and returns its port; 0 when the bind
+    // failed (IPv6 may be off: its traffic then meets the drop rule).
+    let mut keep = |kind: &'static str, bound: std::io::Result<(OwnedFd, u16)>| match bound {
+        Ok((fd, port)) => {
+            kinds.push(kind);
+            fds.push(fd);
+            port
+        }
+        Err(_) => 0,
+    };
+    let tcp = |addr: &str| {
+        let l = TcpListener::bind(addr)?;
+        let port = l.local_addr()?.port();
+        Ok((OwnedFd::from(l), port))
+    };
+    let udp = |addr: &str| {
+        let s = UdpSocket::bind(addr)?;
+        let port = s.local_addr()?.port();
+        Ok((OwnedFd::from(s), port))
+    };
+    let ports = Ports {
+        tcp4: keep("tcp", tcp("127.0.0.1:0")),
+        tcp6: keep("tcp", tcp("[::1]:0")),
+        dns4: keep("dns", udp("127.0.0.1:0")),
+        dns6: keep("dns", udp("[::1]:0")),
+        dns_tcp4: keep("dnstcp", tcp("127.0.0.1:0")),
+        dns_tcp6: keep("dnstcp", tcp("[::1]:0")),
+    };
+    if ports.tcp4 == 0 || ports.dns4 == 0 {
+        return Err("cannot listen on 127.0.0.1 inside the sandbox".into());
     }
     nft::load(&spec.nft, &nft_ruleset(&ports))?;
     // Without it dropped packets are still dropped, only not named in the audit log.
