@@ -15,12 +15,6 @@ pub fn set_non_dumpable() -> io::Result<()> {
     }
 }
 
-/// Whether this process is dumpable (for tests and `doctor`).
-pub fn is_dumpable() -> bool {
-    // SAFETY: prctl(PR_GET_DUMPABLE) only reads a flag of this process.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
-}
-
 /// The child gets SIGKILL when the thread that spawned it (netcage's main thread) dies.
 pub fn kill_with_parent(cmd: &mut std::process::Command) {
     // SAFETY: the closure runs between fork and exec and calls only prctl and getppid, which are
