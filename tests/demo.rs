@@ -15,11 +15,23 @@ fn the_demo_shows_a_token_in_the_child_the_value_upstream_and_a_403_elsewhere() 
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(stdout.contains("child holds    DEMO_TOKEN=starpod:v1:"), "{stdout}");
-    assert!(stdout.contains("Authorization: Bearer ghp_demoSecretValue"), "{stdout}");
+    assert!(
+        stdout.contains("child holds    DEMO_TOKEN=starpod:v1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Authorization: Bearer ghp_demoSecretValue"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\"status\":403"), "{stdout}");
-    assert!(stdout.contains("OK: the child held only a token"), "{stdout}");
+    assert!(
+        stdout.contains("OK: the child held only a token"),
+        "{stdout}"
+    );
     // The child's own output never shows the value.
-    let child_part = stdout.split("what the HTTPS server received").next().unwrap_or("");
+    let child_part = stdout
+        .split("what the HTTPS server received")
+        .next()
+        .unwrap_or("");
     assert!(!child_part.contains("ghp_demoSecretValue"), "{stdout}");
 }

@@ -5,6 +5,8 @@
 mod common;
 mod tier0;
 
+const TIER: &str = "env";
+
 use std::process::Output;
 
 use common::*;

@@ -5,6 +5,8 @@
 mod common;
 mod tier0;
 
+const TIER: &str = "env";
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output};

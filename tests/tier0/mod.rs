@@ -74,12 +74,13 @@ impl Fx {
             .arg(&self.audit);
     }
 
-    /// `netcage run --tier env <common> <opts> -- <child>`, with a client environment that
+    /// `netcage run --tier <crate::TIER> <common> <opts> -- <child>`, with a client environment that
     /// does not depend on this machine.
     pub fn run_cmd(&self, opts: &[&str], child: &[&str]) -> Command {
         let mut cmd = Command::new(netcage_bin());
         isolate_client_env(&mut cmd, self.env.root());
-        cmd.args(["run", "--tier", "env"]);
+        cmd.args(["run", "--tier", crate::TIER])
+            .env("NETCAGE_TEST_TIER", crate::TIER);
         self.common_args(&mut cmd);
         cmd.args(opts).arg("--").args(child);
         cmd
