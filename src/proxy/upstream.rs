@@ -47,9 +47,7 @@ impl Upstream {
         Ok(Upstream {
             extra_roots: cfg.upstream_cas.clone(),
             clients: OnceLock::new(),
-            resolver: Resolver {
-                pins: Arc::new(cfg.resolve.clone()),
-            },
+            resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
         })
     }
 
@@ -115,19 +113,55 @@ fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
 #[derive(Clone)]
 pub struct Resolver {
     pins: Arc<HashMap<String, IpAddr>>,
+    /// What the policy allows by exact address or name although it is this machine or a
+    /// metadata service (`allow = ["169.254.169.254"]`): trusted like a pin.
+    trusted: Arc<Trusted>,
+}
+
+#[derive(Default)]
+struct Trusted {
+    ips: Vec<IpAddr>,
+    names: Vec<String>,
 }
 
 impl Resolver {
+    fn new(pins: &HashMap<String, IpAddr>, allow: &[String]) -> Self {
+        let mut trusted = Trusted::default();
+        for entry in allow {
+            let name = crate::hosts::normalize(entry);
+            match crate::hosts::ip_literal(&name) {
+                Some(ip) => trusted.ips.push(ip),
+                None if name == "localhost"
+                    || crate::policy::METADATA_HOSTS.contains(&name.as_str()) =>
+                {
+                    trusted.names.push(name)
+                }
+                None => {}
+            }
+        }
+        Resolver {
+            pins: Arc::new(pins.clone()),
+            trusted: Arc::new(trusted),
+        }
+    }
+
+    /// May the proxy connect to `ip` for `name`?
+    fn reachable(&self, name: &str, ip: IpAddr) -> bool {
+        !(is_this_machine(ip) || is_metadata(ip))
+            || self.trusted.ips.contains(&ip)
+            || self.trusted.names.iter().any(|n| n == name)
+    }
+
     /// For an IP-literal host (which the HTTP connector does not resolve): why the proxy must
     /// not connect to it, if it must not.
     pub fn refuse_literal(&self, host: &str) -> Option<String> {
         let name = crate::hosts::normalize(host);
         let ip = crate::hosts::ip_literal(&name)?;
-        if self.pins.contains_key(&name) || !(is_this_machine(ip) || is_metadata(ip)) {
+        if self.pins.contains_key(&name) || self.reachable(&name, ip) {
             return None;
         }
         Some(format!(
-            "{name} is an address of this machine or a cloud metadata address; netcage does not connect there"
+            "{name} is an address of this machine or a cloud metadata address; netcage does not connect there unless the policy allows it by exact address"
         ))
     }
 
@@ -149,13 +183,13 @@ impl Resolver {
         let outside: Vec<SocketAddr> = found
             .iter()
             .copied()
-            .filter(|a| !is_this_machine(a.ip()) && !is_metadata(a.ip()))
+            .filter(|a| self.reachable(&name, a.ip()))
             .collect();
         if outside.is_empty() && !found.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
-                    "{name} leads to this machine or a cloud metadata address ({}); pin it with --resolve {name}=IP if that is meant",
+                    "{name} leads to this machine or a cloud metadata address ({}); pin it with --resolve {name}=IP or allow it by exact address in the policy if that is meant",
                     found[0].ip()
                 ),
             ));
@@ -213,5 +247,41 @@ impl tower_service::Service<Name> for Resolver {
             // The connector sets the port on each address it is given.
             Ok(this.lookup(name.as_str(), 0).await?.into_iter())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_and_metadata_need_a_pin_or_an_exact_allow() {
+        let plain = Resolver::new(&HashMap::new(), &[]);
+        for host in ["127.0.0.1", "[::1]", "169.254.169.254", "fd00:ec2::254"] {
+            assert!(plain.refuse_literal(host).is_some(), "{host}");
+        }
+        assert!(plain.refuse_literal("203.0.113.7").is_none());
+        assert!(plain.refuse_literal("api.github.com").is_none());
+
+        let allow = ["169.254.169.254".to_owned(), "*.example.com".to_owned()];
+        let allowing = Resolver::new(&HashMap::new(), &allow);
+        assert!(allowing.refuse_literal("169.254.169.254").is_none());
+        assert!(allowing.refuse_literal("127.0.0.1").is_some());
+
+        let pins = HashMap::from([("127.0.0.1".to_owned(), "127.0.0.1".parse().unwrap())]);
+        assert!(
+            Resolver::new(&pins, &[])
+                .refuse_literal("127.0.0.1")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_leading_to_loopback_is_refused_unless_allowed_exactly() {
+        let plain = Resolver::new(&HashMap::new(), &[]);
+        let err = plain.lookup("localhost", 80).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let allowing = Resolver::new(&HashMap::new(), &["localhost".to_owned()]);
+        assert!(!allowing.lookup("localhost", 80).await.unwrap().is_empty());
     }
 }
