@@ -26,12 +26,12 @@ pub fn quick() -> (bool, Option<PathBuf>) {
 }
 
 pub fn facts() -> Facts {
+    let (cap_net_admin, nft) = quick();
     Facts {
-        cap_net_admin: caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)
-            .unwrap_or(false),
+        cap_net_admin,
         netns: probe_unshare(libc::CLONE_NEWNET),
         userns: probe_unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET),
-        nft: find_in_path("nft"),
+        nft,
     }
 }
 
