@@ -26,8 +26,11 @@ pub struct TokenUse {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
     pub time: String,
-    /// `request`, `connection`, `tunnel`, `dns`, `packet`, `run`.
+    /// `request`, `connection`, `tunnel`, `dns`, `packet`, `exec`.
     pub kind: &'static str,
+    /// The exec (or run) whose process made the connection (DESIGN: serve, library).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@
 //! opens each token ([`token`]) and checks its hosts ([`hosts`]), forwards upstream, redacts the
 //! response, and writes one [`audit`] line.
 
+mod api;
 pub mod audit;
 pub mod ca;
 mod der;
@@ -28,3 +29,5 @@ pub mod sandbox;
 pub mod scan;
 pub mod seal;
 pub mod token;
+
+pub use api::{Child, Command, Error, Output, Sandbox, SandboxBuilder, Signaller, Started, Stdio};

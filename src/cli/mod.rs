@@ -51,6 +51,9 @@ pub enum Command {
     Doctor,
     /// A self-contained demonstration on a local HTTPS server
     Demo(DemoArgs),
+    /// The sandbox side, started by netcage itself (control socket on fd 3)
+    #[command(name = "__holder", hide = true)]
+    Holder,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -187,6 +190,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Ca(cmd) => ca::ca(cmd),
         Command::Doctor => doctor::doctor(),
         Command::Demo(args) => demo::demo(args),
+        Command::Holder => Ok(netcage::sandbox::holder::holder_main().clamp(0, 255) as u8),
     }
 }
 

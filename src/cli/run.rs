@@ -4,14 +4,25 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use netcage::ca::{self, CA_BUNDLE, CA_CERT};
-use netcage::proxy::dns::{self, SyntheticNames};
-use netcage::proxy::{Proxy, serve_explicit, serve_transparent};
-use netcage::sandbox::launch::{self, FORWARDED, LaunchSpec};
-use netcage::sandbox::{detect, plan, process};
+use std::time::Duration;
+
+use netcage::Started;
+use netcage::ca;
+use netcage::proxy::{Proxy, serve_explicit};
+use netcage::sandbox::{detect, process};
+use nix::sys::signal::{SigSet, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::config::{Resolved, child_env, key_path, resolve};
+
+/// Signals passed on to the command. SIGINT/SIGQUIT come from the terminal to the whole
+/// process group, the command included, so they are not passed on a second time.
+pub const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 use super::{RunArgs, Tier};
 
 const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
@@ -31,29 +42,44 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
         return runtime()?.block_on(run_env_tier(args, resolved));
     }
-    let (root, nft) = detect::quick();
-    let tier1 = match nft {
-        None => Err("the nft binary is missing (install the nftables package)".to_owned()),
-        Some(nft) => prepare_netns(&args, &resolved, !root, nft)
-            .and_then(|spec| launch::launch(&spec).map(|launched| (launched, root))),
-    };
-    match (tier1, args.tier) {
-        (Ok((launched, root)), _) => {
-            let how = if root {
+    // From here on the forwarded signals (and the terminal's SIGINT/SIGQUIT) stay blocked in
+    // every thread of netcage, the runtime's included (they inherit this mask): one thread
+    // takes them with sigwait and passes them on. Without this, a SIGTERM that arrives before
+    // the command runs would kill netcage, and the command would die with it.
+    let signals = netcage_signals();
+    signals.thread_block().context("cannot block signals")?;
+    let started = sandbox_config(&args, resolved);
+    let launched = started.launch();
+    match (launched, args.tier) {
+        (Ok(launched), _) => {
+            let how = if detect::quick().0 {
                 "root"
             } else {
                 "rootless, user namespace"
             };
             eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
-            run_netns_tier(resolved, launched)
+            let rt = runtime()?;
+            let code = rt.block_on(async move {
+                let sandbox = started.into_sandbox(launched)?;
+                run_netns_tier(sandbox, &args.command, signals).await
+            });
+            // Lines of responses still in flight are queued once the runtime is gone.
+            drop(rt);
+            code
         }
         (Err(why), Tier::Netns) => Err(anyhow!(
             "Tier 1 (--tier netns) is impossible here: {why}; run `netcage doctor`, or use --tier env and accept its limits"
         )),
         (Err(why), _) => {
+            let _ = signals.thread_unblock();
             eprintln!(
                 "netcage: WARNING: Tier 0 (env) because the sandbox cannot be built ({why}): {TIER0}; use --tier netns to refuse instead"
             );
+            let resolved = Resolved {
+                proxy: started.cfg,
+                audit_path: None,
+                sealed_env: started.sealed,
+            };
             runtime()?.block_on(run_env_tier(args, resolved))
         }
     }
@@ -66,124 +92,74 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// What the Tier 1 sandbox needs: the data dir hidden, the public CA files, the environment.
-fn prepare_netns(
-    args: &RunArgs,
-    resolved: &Resolved,
-    rootless: bool,
-    nft: std::path::PathBuf,
-) -> Result<LaunchSpec, String> {
-    let cfg = &resolved.proxy;
-    let data_dir = std::fs::canonicalize(&args.key.data_dir).map_err(|e| {
-        format!(
-            "cannot resolve the data dir {}: {e}",
-            args.key.data_dir.display()
-        )
-    })?;
-    let key_file =
-        std::fs::canonicalize(key_path(&args.key)).unwrap_or_else(|_| key_path(&args.key));
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    let public = vec![
-        (CA_BUNDLE.to_owned(), read(cfg.ca.bundle_path())?),
-        (CA_CERT.to_owned(), read(cfg.ca.cert_path())?),
-    ];
-    let mut env: Vec<_> = child_env(&resolved.sealed_env)
+/// The signals netcage's own threads never take in Tier 1: [`FORWARDED`], SIGINT, SIGQUIT.
+fn netcage_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(*sig);
+    }
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGQUIT);
+    set
+}
+
+/// What the Tier 1 sandbox needs: the data dir and key/audit files hidden, the environment.
+fn sandbox_config(args: &RunArgs, resolved: Resolved) -> Started {
+    let hide = [Some(key_path(&args.key)), resolved.audit_path.clone()]
         .into_iter()
-        .filter(|(k, _)| !plan::PROXY_VARS.iter().any(|p| k == p))
+        .flatten()
         .collect();
-    for (var, path) in ca::trust_env(&data_dir.join(CA_BUNDLE), &data_dir.join(CA_CERT)) {
-        env.retain(|(k, _)| k != var);
-        env.push((var.into(), path.into()));
+    Started {
+        cfg: resolved.proxy,
+        data_dir: args.key.data_dir.clone(),
+        hide,
+        base_env: std::env::vars_os().collect(),
+        sealed: resolved.sealed_env,
+        netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+        prefix: "run".into(),
     }
-    Ok(LaunchSpec {
-        rootless,
-        nft,
-        mounts: plan::mount_plan(
-            &data_dir,
-            &[Some(key_file), resolved.audit_path.clone()]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>(),
-            public,
-        ),
-        program: args.command[0].clone(),
-        args: args.command[1..].to_vec(),
-        env,
-    })
 }
 
-/// Tier 1, once the sandbox is up: the proxy, the resolver and the NFLOG reader on the sockets
-/// the sandbox handed over, until the command exits.
-fn run_netns_tier(resolved: Resolved, launched: launch::Launched) -> anyhow::Result<u8> {
-    let cfg = resolved.proxy;
-    let holder = launched.holder;
-    runtime()?.block_on(async move {
-        let proxy = Proxy::new(cfg)?;
-        let names = Arc::new(SyntheticNames::default());
-        for l in launched.sockets.tcp {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            tokio::spawn(serve_transparent(proxy.clone(), names.clone(), l));
+/// Tier 1, once the sandbox is up: the command with netcage's stdin/stdout/stderr, in its
+/// process group (the terminal's job control reaches it as before), until it exits.
+async fn run_netns_tier(
+    sandbox: netcage::Sandbox,
+    command: &[std::ffi::OsString],
+    signals: SigSet,
+) -> anyhow::Result<u8> {
+    let run_id = format!("run-{}", std::process::id());
+    let spawned = sandbox
+        .command(&command[0])
+        .args(&command[1..])
+        .new_session(false)
+        .exec_id(run_id)
+        .spawn()
+        .await;
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            sandbox.shutdown(Duration::ZERO).await;
+            return Err(anyhow!("{e}"));
         }
-        for s in launched.sockets.dns_udp {
-            s.set_nonblocking(true)?;
-            let s = tokio::net::UdpSocket::from_std(s)?;
-            tokio::spawn(dns::serve_udp(proxy.clone(), names.clone(), s));
-        }
-        for l in launched.sockets.dns_tcp {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            tokio::spawn(dns::serve_tcp(proxy.clone(), names.clone(), l));
-        }
-        let mut nflog_at_exit = None;
-        if let Some(fd) = launched.sockets.nflog {
-            nflog_at_exit = fd.try_clone().ok();
-            let audit = proxy.audit().clone();
-            std::thread::spawn(move || log_dropped_packets(fd, &audit));
-        }
-        // launch() forwards signals to the holder from a thread of its own.
-        let code = tokio::task::spawn_blocking(move || launch::wait(holder))
-            .await
-            .context("waiting for the sandbox failed")?;
-        if let Some(fd) = nflog_at_exit {
-            // Packets dropped just before the command exited may not be read yet.
-            let file = std::fs::File::from(fd);
-            if nix::fcntl::fcntl(
-                &file,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .is_ok()
-            {
-                log_dropped_packets(file.into(), proxy.audit());
-            }
-        }
-        Ok(code.clamp(0, 255) as u8)
-    })
-}
-
-/// Reads the namespace's NFLOG socket: one audit line per packet the sandbox dropped.
-fn log_dropped_packets(fd: std::os::fd::OwnedFd, audit: &netcage::audit::AuditLog) {
-    let mut file = std::fs::File::from(fd);
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = std::io::Read::read(&mut file, &mut buf) {
-        if n == 0 {
-            break;
-        }
-        for dropped in netcage::sandbox::nflog::parse(&buf[..n]) {
-            let mut event = netcage::audit::Event::new("packet", "block");
-            event.dst = Some(dropped.dst);
-            event.method = Some(dropped.protocol.to_owned());
-            event.reason = Some(match dropped.uid {
-                Some(uid) => {
-                    format!("only TCP through the proxy and DNS may leave the sandbox (uid {uid})")
+    };
+    let target = child.signaller();
+    std::thread::Builder::new()
+        .name("netcage-signals".into())
+        .spawn(move || {
+            loop {
+                if let Ok(sig) = signals.wait()
+                    && FORWARDED.contains(&sig)
+                {
+                    target.signal(sig as i32);
                 }
-                None => "only TCP through the proxy and DNS may leave the sandbox".to_owned(),
-            });
-            audit.log(event);
-        }
-    }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    let status = child.wait().await;
+    // Whatever the command left running in the background ends with it, as before.
+    sandbox.shutdown(Duration::ZERO).await;
+    let status = status.context("waiting for the command failed")?;
+    Ok(exit_code(status).clamp(0, 255) as u8)
 }
 
 /// Tier 0: proxy variables only.

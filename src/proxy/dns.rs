@@ -4,7 +4,7 @@
 //! resolution happens only in the proxy, for connections the policy allows.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
@@ -13,7 +13,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::Proxy;
+use super::{Proto, Proxy};
 use crate::audit::Event;
 
 const SYNTHETIC_BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
@@ -113,8 +113,12 @@ pub fn answer(
     Some((reply.to_vec().ok()?, Some(answered)))
 }
 
-fn log(proxy: &Proxy, answered: &Answered) {
+fn log(proxy: &Proxy, answered: &Answered, peer: Option<SocketAddr>) {
     let mut event = Event::new("dns", if answered.allowed { "allow" } else { "block" });
+    if let Some(peer) = peer {
+        event.exec = proxy.exec_of(peer, Proto::Udp);
+        event.client = Some(peer.to_string());
+    }
     event.host = Some(answered.name.clone());
     event.method = Some(answered.qtype.clone());
     if !answered.allowed {
@@ -123,11 +127,17 @@ fn log(proxy: &Proxy, answered: &Answered) {
     proxy.cfg.audit.log(event);
 }
 
-fn reply_for(proxy: &Proxy, names: &SyntheticNames, query: &[u8]) -> Option<Vec<u8>> {
+/// `peer` is the querying UDP socket (a TCP query's exec comes from its connection).
+fn reply_for(
+    proxy: &Proxy,
+    names: &SyntheticNames,
+    query: &[u8],
+    peer: Option<SocketAddr>,
+) -> Option<Vec<u8>> {
     let allowed = |name: &str| proxy.cfg.policy.egress(name).allowed;
     let (reply, answered) = answer(query, names, &allowed)?;
     if let Some(a) = &answered {
-        log(proxy, a);
+        log(proxy, a, peer);
     }
     Some(reply)
 }
@@ -139,7 +149,7 @@ pub async fn serve_udp(proxy: Arc<Proxy>, names: Arc<SyntheticNames>, socket: Ud
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        if let Some(reply) = reply_for(&proxy, &names, &buf[..n]) {
+        if let Some(reply) = reply_for(&proxy, &names, &buf[..n], Some(peer)) {
             let _ = socket.send_to(&reply, peer).await;
         }
     }
@@ -161,7 +171,7 @@ pub async fn serve_tcp(proxy: Arc<Proxy>, names: Arc<SyntheticNames>, listener: 
                 if stream.read_exact(&mut query).await.is_err() {
                     return;
                 }
-                let Some(reply) = reply_for(&proxy, &names, &query) else {
+                let Some(reply) = reply_for(&proxy, &names, &query, None) else {
                     return;
                 };
                 let mut framed = (reply.len() as u16).to_be_bytes().to_vec();

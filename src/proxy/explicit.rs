@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::io::Prefixed;
-use super::{ConnInfo, Proxy, tunnel};
+use super::{ConnInfo, Proto, Proxy, tunnel};
 use crate::audit::Event;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -85,8 +85,10 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
             _ => return,
         }
     };
+    let exec = proxy.exec_of(client, Proto::Tcp);
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
+        event.exec = exec.clone();
         event.client = Some(client.to_string());
         event.host = host;
         event.reason = Some(reason);
@@ -122,6 +124,7 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
             let rest = buf.split_off(consumed).freeze();
             let conn = ConnInfo {
                 client,
+                exec,
                 target_host: Some(host),
                 port,
                 sni: None,
@@ -132,6 +135,7 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
         Head::Other => {
             let conn = ConnInfo {
                 client,
+                exec,
                 target_host: None,
                 port: 80,
                 sni: None,

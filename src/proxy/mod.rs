@@ -28,7 +28,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::CertificateDer;
 
@@ -57,7 +57,14 @@ pub struct Proxy {
     pub(crate) cfg: ProxyConfig,
     pub(crate) upstream: upstream::Upstream,
     pub(crate) tls: tls::Interceptor,
+    attribution: OnceLock<Attribution>,
 }
+
+/// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
+/// address the proxy saw.
+pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> Option<String> + Send + Sync>;
+
+pub use crate::sandbox::owner::Proto;
 
 impl Proxy {
     /// The audit log every part of the proxy writes to.
@@ -68,7 +75,22 @@ impl Proxy {
     pub fn new(cfg: ProxyConfig) -> Result<Arc<Proxy>, ProxyError> {
         let upstream = upstream::Upstream::new(&cfg)?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
-        Ok(Arc::new(Proxy { cfg, upstream, tls }))
+        Ok(Arc::new(Proxy {
+            cfg,
+            upstream,
+            tls,
+            attribution: OnceLock::new(),
+        }))
+    }
+
+    /// Sets how connections are attributed to execs (once; later calls are ignored).
+    pub fn set_attribution(&self, attribution: Attribution) {
+        let _ = self.attribution.set(attribution);
+    }
+
+    /// The exec a peer belongs to, if attribution is set up.
+    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
+        self.attribution.get().and_then(|f| f(peer, proto))
     }
 }
 
@@ -82,6 +104,8 @@ pub enum ProxyError {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub client: SocketAddr,
+    /// The exec that opened the connection (audit lines carry it).
+    pub exec: Option<String>,
     /// The host the client asked for at the connection level (CONNECT authority or the
     /// original destination's name), if any.
     pub target_host: Option<String>,

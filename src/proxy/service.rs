@@ -109,6 +109,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let mut event = Event::new("request", "allow");
+    event.exec = conn.exec.clone();
     event.client = Some(conn.client.to_string());
     event.sni = conn.sni.clone();
     event.method = Some(req.method().to_string());

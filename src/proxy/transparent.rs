@@ -10,7 +10,7 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dns::SyntheticNames;
-use super::{ConnInfo, Proxy, tunnel};
+use super::{ConnInfo, Proto, Proxy, tunnel};
 use crate::audit::Event;
 
 /// Accepts redirected connections until the listener fails for good.
@@ -49,9 +49,11 @@ async fn handle(
     stream: TcpStream,
     client: SocketAddr,
 ) {
+    let exec = proxy.exec_of(client, Proto::Tcp);
     let Some(dst) = original_dst(&stream) else {
         let conn = ConnInfo {
             client,
+            exec,
             target_host: None,
             port: 443,
             sni: None,
@@ -64,6 +66,7 @@ async fn handle(
         Some(name) => name,
         None if SyntheticNames::is_synthetic(dst.ip()) => {
             let mut event = Event::new("connection", "block");
+            event.exec = exec;
             event.client = Some(client.to_string());
             event.dst = Some(dst.to_string());
             event.reason = Some("synthetic address that netcage's DNS never handed out".into());
@@ -77,6 +80,7 @@ async fn handle(
     };
     let conn = ConnInfo {
         client,
+        exec,
         target_host: Some(target_host),
         port: dst.port(),
         sni: None,

@@ -33,6 +33,7 @@ const HTTP_METHODS: &[&[u8]] = &[
 
 fn connection_event(conn: &ConnInfo, decision: &'static str, reason: String) -> Event {
     let mut event = Event::new("connection", decision);
+    event.exec = conn.exec.clone();
     event.client = Some(conn.client.to_string());
     event.host = conn.target_host.clone();
     event.dst = conn

@@ -1,15 +1,22 @@
 //! Everything privileged or `unsafe`: process attributes, tier detection, and the Tier 1
 //! namespaces the command runs in.
 //!
-//! `plan` computes what to set up (pure, unit-tested); `launch` applies it through `netlink`,
-//! `nft`, mounts and `caps`, and hands the listeners to the proxy through `fdpass`.
+//! `plan` computes what to set up (pure, unit-tested); `launch` starts the holder process
+//! (`holder`), which applies it (`build`: `netlink`, `nft`, mounts) and hands the listeners to
+//! the proxy through `fdpass`; its init then starts commands on request (`control` is the
+//! protocol, `execs` the proxy side's client, `owner` tells which exec opened a connection).
 
+mod build;
 mod caps;
+pub mod control;
 pub mod detect;
-mod fdpass;
+pub mod execs;
+pub mod fdpass;
+pub mod holder;
 pub mod launch;
 mod netlink;
 pub mod nflog;
 mod nft;
+pub mod owner;
 pub mod plan;
 pub mod process;

@@ -87,12 +87,12 @@ pub fn nft_ruleset(p: &Ports) -> String {
 /// `/run`, where host daemons keep their sockets (docker, containerd, systemd, dbus, nscd), behind
 /// an empty tmpfs, since a Unix socket would reach the host's services around the network
 /// namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountPlan {
     /// tmpfs mounted over this directory.
     pub hide_dir: PathBuf,
-    /// Files written into that tmpfs: (name, contents).
-    pub public_files: Vec<(String, Vec<u8>)>,
+    /// Files copied into that tmpfs: (name, the file to copy, read before it is hidden).
+    pub public_files: Vec<(String, PathBuf)>,
     /// Files outside `hide_dir` covered by an empty file (bind mount of /dev/null).
     pub hide_files: Vec<PathBuf>,
     /// Directories covered by an empty tmpfs after everything else.
@@ -105,7 +105,7 @@ pub const DAEMON_DIRS: &[&str] = &["/run", "/var/run"];
 pub fn mount_plan(
     data_dir: &Path,
     secret_files: &[PathBuf],
-    public_files: Vec<(String, Vec<u8>)>,
+    public_files: Vec<(String, PathBuf)>,
 ) -> MountPlan {
     let hide_files = secret_files
         .iter()

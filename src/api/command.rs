@@ -1,0 +1,356 @@
+//! [`Command`] and [`Child`]: like `tokio::process`, for commands that run in a [`Sandbox`].
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+
+use super::{Error, Sandbox};
+use crate::audit::Event;
+use crate::sandbox::control::Spawn;
+use crate::sandbox::execs::Execs;
+
+/// Where a command's stdin, stdout or stderr goes.
+#[derive(Debug, Default)]
+pub enum Stdio {
+    /// This process's own descriptor (the default).
+    #[default]
+    Inherit,
+    /// /dev/null.
+    Null,
+    /// A pipe: the other end is in [`Child::stdin`], [`Child::stdout`] or [`Child::stderr`].
+    Piped,
+    /// This descriptor (a file, a socket, a terminal): the command gets a duplicate.
+    Fd(OwnedFd),
+}
+
+/// A command to run in a [`Sandbox`]; see [`Sandbox::command`].
+pub struct Command<'a> {
+    sandbox: &'a Sandbox,
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    stdio: [Stdio; 3],
+    new_session: bool,
+    exec_id: Option<String>,
+    uid: Option<u32>,
+}
+
+/// A command running in the sandbox.
+pub struct Child {
+    /// The id its audit lines carry.
+    pub exec_id: String,
+    /// Its pid inside the sandbox.
+    pub pid: i32,
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+    id: u64,
+    status: watch::Receiver<Option<ExitStatus>>,
+    execs: Arc<Execs>,
+}
+
+/// Sends signals to one command; see [`Child::signaller`].
+#[derive(Clone)]
+pub struct Signaller {
+    execs: Arc<Execs>,
+    id: u64,
+}
+
+impl Signaller {
+    pub fn signal(&self, signal: i32) {
+        self.execs.signal(self.id, signal);
+    }
+}
+
+/// What [`Child::wait_with_output`] collects.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl<'a> Command<'a> {
+    pub(super) fn new(sandbox: &'a Sandbox, program: &OsStr) -> Self {
+        Command {
+            sandbox,
+            program: program.to_owned(),
+            args: Vec::new(),
+            env: sandbox.env.as_ref().clone(),
+            cwd: None,
+            stdio: [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
+            new_session: true,
+            exec_id: None,
+            uid: None,
+        }
+    }
+
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env.retain(|(k, _)| k != key.as_ref());
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.env.retain(|(k, _)| k != key.as_ref());
+        self
+    }
+
+    /// Starts from an empty environment (the sandbox's tokens and CA variables go too).
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.env.clear();
+        self
+    }
+
+    /// The working directory, as seen inside the sandbox (default: the sandbox's, which is
+    /// the directory the sandbox was started in).
+    pub fn current_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn stdin(&mut self, stdio: Stdio) -> &mut Self {
+        self.stdio[0] = stdio;
+        self
+    }
+
+    pub fn stdout(&mut self, stdio: Stdio) -> &mut Self {
+        self.stdio[1] = stdio;
+        self
+    }
+
+    pub fn stderr(&mut self, stdio: Stdio) -> &mut Self {
+        self.stdio[2] = stdio;
+        self
+    }
+
+    /// Whether the command gets a session (and process group) of its own — the default.
+    /// Signals then go to its whole group, and audit lines can name it while other commands
+    /// run. Off, it shares this process's group and terminal (`netcage run` does this).
+    pub fn new_session(&mut self, on: bool) -> &mut Self {
+        self.new_session = on;
+        self
+    }
+
+    /// The id audit lines carry for this command (default: `PREFIX-N`).
+    pub fn exec_id(&mut self, id: impl Into<String>) -> &mut Self {
+        self.exec_id = Some(id.into());
+        self
+    }
+
+    /// Who asked for the command (shown by `status`).
+    pub fn requested_by(&mut self, uid: u32) -> &mut Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    /// Starts the command; resolves once it runs (or failed to start: a missing program,
+    /// a working directory that does not exist).
+    pub async fn spawn(&mut self) -> Result<Child, Error> {
+        let exec = self
+            .exec_id
+            .clone()
+            .unwrap_or_else(|| self.sandbox.next_exec_id());
+        let mut spawn = Spawn::new(0, &self.program);
+        spawn.args = self.args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        spawn.env = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        spawn.cwd = self.cwd.as_ref().map(|d| d.as_os_str().as_bytes().to_vec());
+        spawn.new_session = self.new_session;
+        let mut theirs: Vec<OwnedFd> = Vec::new();
+        let mut ours: [Option<OwnedFd>; 3] = [None, None, None];
+        let mut raw: [Option<RawFd>; 3] = [None; 3];
+        for (i, stdio) in self.stdio.iter_mut().enumerate() {
+            let fd = match std::mem::take(stdio) {
+                Stdio::Inherit => dup_own(i as RawFd),
+                Stdio::Null => None,
+                Stdio::Fd(fd) => Some(fd),
+                Stdio::Piped => {
+                    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                        .map_err(|e| Error(format!("pipe: {e}")))?;
+                    let (child_end, our_end) = if i == 0 { (read, write) } else { (write, read) };
+                    ours[i] = Some(our_end);
+                    Some(child_end)
+                }
+            };
+            if let Some(fd) = fd {
+                raw[i] = Some(fd.as_raw_fd());
+                theirs.push(fd);
+            }
+        }
+        let command = command_line(&self.program, &self.args);
+        let started = self
+            .sandbox
+            .execs
+            .spawn(spawn, exec.clone(), self.uid, raw)
+            .await;
+        // The command has its own copies now (or never will).
+        drop(theirs);
+        let mut event = Event::new("exec", "allow");
+        event.exec = Some(exec.clone());
+        event.method = Some("start".into());
+        event.path = Some(command);
+        let started = match started {
+            Ok(started) => started,
+            Err(e) => {
+                event.decision = "error";
+                event.reason = Some(e.clone());
+                self.sandbox.proxy.audit().log(event);
+                return Err(Error(e));
+            }
+        };
+        self.sandbox.proxy.audit().log(event);
+        let (status_tx, status) = watch::channel(None);
+        let audit = self.sandbox.proxy.audit().clone();
+        let exited = started.exited;
+        let exec_id = exec.clone();
+        tokio::spawn(async move {
+            let mut event = Event::new("exec", "allow");
+            event.exec = Some(exec_id);
+            event.method = Some("exit".into());
+            match exited.await {
+                Ok(raw) => {
+                    let status = ExitStatus::from_raw(raw);
+                    event.status = status.code().map(|c| c as u16);
+                    if let Some(sig) = status.signal() {
+                        event.reason = Some(format!("killed by signal {sig}"));
+                    }
+                    let _ = status_tx.send(Some(status));
+                }
+                Err(_) => {
+                    event.decision = "error";
+                    event.reason = Some("the sandbox went away".into());
+                    // Like a process killed by SIGKILL.
+                    let _ = status_tx.send(Some(ExitStatus::from_raw(9)));
+                }
+            }
+            audit.log(event);
+        });
+        let [stdin, stdout, stderr] = ours;
+        let sender = |fd: Option<OwnedFd>| -> Result<Option<pipe::Sender>, Error> {
+            fd.map(|fd| pipe::Sender::from_owned_fd(fd).map_err(|e| Error(format!("pipe: {e}"))))
+                .transpose()
+        };
+        let receiver = |fd: Option<OwnedFd>| -> Result<Option<pipe::Receiver>, Error> {
+            fd.map(|fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| Error(format!("pipe: {e}"))))
+                .transpose()
+        };
+        Ok(Child {
+            exec_id: exec,
+            pid: started.pid,
+            stdin: sender(stdin)?,
+            stdout: receiver(stdout)?,
+            stderr: receiver(stderr)?,
+            id: started.id,
+            status,
+            execs: self.sandbox.execs.clone(),
+        })
+    }
+}
+
+/// A duplicate of this process's stdin (0), stdout (1) or stderr (2), if it is open.
+fn dup_own(fd: RawFd) -> Option<OwnedFd> {
+    use std::os::fd::AsFd;
+    match fd {
+        0 => std::io::stdin().as_fd().try_clone_to_owned().ok(),
+        1 => std::io::stdout().as_fd().try_clone_to_owned().ok(),
+        _ => std::io::stderr().as_fd().try_clone_to_owned().ok(),
+    }
+}
+
+fn command_line(program: &OsStr, args: &[OsString]) -> String {
+    let mut line = program.to_string_lossy().into_owned();
+    for a in args {
+        line.push(' ');
+        line.push_str(&a.to_string_lossy());
+    }
+    match line.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+impl Child {
+    /// Waits for the command to exit. Closes its stdin first, like tokio does.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        drop(self.stdin.take());
+        let mut status = self.status.clone();
+        let got = status
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| std::io::Error::other("the sandbox went away"))?;
+        Ok((*got).unwrap_or(ExitStatus::from_raw(9)))
+    }
+
+    /// The exit status, if the command has exited.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        *self.status.borrow()
+    }
+
+    /// Sends a signal to the command's process group (or to it alone without a session).
+    pub fn signal(&self, signal: i32) {
+        self.execs.signal(self.id, signal);
+    }
+
+    /// A handle that signals this command from anywhere (another thread, a signal handler
+    /// loop), after the `Child` has moved on.
+    pub fn signaller(&self) -> Signaller {
+        Signaller {
+            execs: self.execs.clone(),
+            id: self.id,
+        }
+    }
+
+    /// SIGKILL.
+    pub fn start_kill(&self) {
+        self.signal(nix::libc::SIGKILL);
+    }
+
+    /// Reads stdout and stderr to the end (those that are piped) and waits.
+    pub async fn wait_with_output(mut self) -> std::io::Result<Output> {
+        drop(self.stdin.take());
+        async fn read_all(pipe: Option<pipe::Receiver>) -> std::io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut buf).await?;
+            }
+            Ok(buf)
+        }
+        let (stdout, stderr) =
+            tokio::try_join!(read_all(self.stdout.take()), read_all(self.stderr.take()))?;
+        let status = self.wait().await?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}

@@ -1,0 +1,558 @@
+//! The library API for programs that run many commands in one sandbox (an agent server).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), netcage::Error> {
+//! let sb = netcage::Sandbox::builder()
+//!     .data_dir("/var/lib/agent/.starpod/db")
+//!     .key_file("/var/lib/agent/.starpod/db/.vault_key")
+//!     .seal("GITHUB_TOKEN", "ghp_real_value", &["api.github.com", "github.com"])
+//!     .start()
+//!     .await?;
+//! let out = sb
+//!     .command("bash")
+//!     .arg("-c")
+//!     .arg("curl -sH \"Authorization: Bearer $GITHUB_TOKEN\" https://api.github.com/user")
+//!     .stdout(netcage::Stdio::Piped)
+//!     .spawn()
+//!     .await?
+//!     .wait_with_output()
+//!     .await?;
+//! println!("{}", String::from_utf8_lossy(&out.stdout));
+//! sb.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! One [`Sandbox`] is one set of namespaces (network, mount, pid; user when not root), one
+//! proxy and one resolver; every [`Command`] runs inside it, in a session of its own, and the
+//! audit line of every request names the exec that made it. The sandbox side is the holder
+//! process (`netcage __holder`), so the `netcage` binary must be installed: see
+//! [`SandboxBuilder::netcage_binary`].
+
+mod command;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+pub use command::{Child, Command, Output, Signaller, Stdio};
+
+use crate::audit::{AuditLog, Event};
+use crate::ca::{self, CA_BUNDLE, CA_CERT, Ca};
+use crate::policy::Policy;
+use crate::proxy::dns::{self, SyntheticNames};
+use crate::proxy::{Proxy, ProxyConfig, serve_transparent};
+use crate::sandbox::control::HolderSpec;
+use crate::sandbox::execs::{ExecInfo, Execs};
+use crate::sandbox::{detect, launch, plan};
+use crate::token::{self, Key};
+
+/// Why a sandbox could not start, or a command could not run. The message is one line that
+/// says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(pub String);
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        std::io::Error::other(e.0)
+    }
+}
+
+/// Configures a [`Sandbox`]. Everything has a default except where the key comes from.
+pub struct SandboxBuilder {
+    data_dir: PathBuf,
+    key: Option<Key>,
+    key_file: Option<PathBuf>,
+    policy: Policy,
+    seal: Vec<(String, Zeroizing<String>, Vec<String>)>,
+    tokens: Vec<(String, String)>,
+    env: Option<Vec<(OsString, OsString)>>,
+    audit: Option<Arc<AuditLog>>,
+    hide: Vec<PathBuf>,
+    resolve: HashMap<String, IpAddr>,
+    upstream_cas: Vec<CertificateDer<'static>>,
+    netcage: Option<PathBuf>,
+    exec_prefix: String,
+}
+
+/// A running sandbox: start commands in it with [`Sandbox::command`], end it with
+/// [`Sandbox::shutdown`]. Dropping it ends it too (with no grace period).
+pub struct Sandbox {
+    proxy: Arc<Proxy>,
+    execs: Arc<Execs>,
+    holder: std::sync::Mutex<Option<std::process::Child>>,
+    env: Arc<Vec<(OsString, OsString)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The NFLOG reader thread and its stop flag.
+    nflog: Option<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)>,
+    next: AtomicU64,
+    prefix: String,
+}
+
+impl Sandbox {
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder {
+            data_dir: PathBuf::from(".starpod/db"),
+            key: None,
+            key_file: None,
+            policy: Policy::default(),
+            seal: Vec::new(),
+            tokens: Vec::new(),
+            env: None,
+            audit: None,
+            hide: Vec::new(),
+            resolve: HashMap::new(),
+            upstream_cas: Vec::new(),
+            netcage: None,
+            exec_prefix: random_tag(),
+        }
+    }
+
+    /// A command to run in the sandbox, like `tokio::process::Command::new(program)`. Its
+    /// environment starts as the sandbox's (see [`SandboxBuilder::env_clear`]).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command<'_> {
+        Command::new(self, program.as_ref())
+    }
+
+    /// The commands running now.
+    pub fn running(&self) -> Vec<ExecInfo> {
+        self.execs.running()
+    }
+
+    /// The proxy (its audit log, for example).
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// The environment every command starts with (sealed variables hold tokens).
+    pub fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    fn next_exec_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
+    }
+
+    /// Resolves when the sandbox is gone (shut down, or its processes were killed).
+    pub async fn closed(&self) {
+        self.execs.closed().await
+    }
+
+    /// SIGTERM to every process in the sandbox, SIGKILL to what is left after `grace`, then
+    /// the namespaces go away and the proxy stops.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.execs.shutdown(grace);
+        let holder = self.holder.lock().ok().and_then(|mut h| h.take());
+        if let Some(mut holder) = holder {
+            let _ = tokio::task::spawn_blocking(move || holder.wait()).await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        // Its last read picks up packets dropped just before the end.
+        if let Some((stop, thread)) = self.nflog.take() {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Closing the stop pipe ends the NFLOG reader.
+        self.nflog.take();
+        // Dropping the last `Execs` closes the control channel: init kills everything. Reap
+        // the holder without blocking this thread long (init exits at once on that).
+        if let Some(mut holder) = self.holder.lock().ok().and_then(|mut h| h.take()) {
+            self.execs.shutdown(Duration::ZERO);
+            std::thread::spawn(move || holder.wait());
+        }
+    }
+}
+
+impl SandboxBuilder {
+    /// Where the CA lives (and the key, unless given otherwise): Starpod's layout. Default
+    /// `.starpod/db`. It is hidden from the commands; only the public CA files stay visible.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// The vault key. It stays in this process; commands never see it.
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Read the key from this file at start (32 raw bytes, 64 hex characters or base64); the
+    /// file is hidden from the commands. Default: `<data_dir>/.vault_key`, or a fresh key
+    /// for this sandbox only when that file does not exist.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
+    }
+
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Commands get a token for `value` in variable `name`, usable only towards `hosts`
+    /// (`"*"` for any host). The value is zeroed when the builder is dropped.
+    pub fn seal(mut self, name: &str, value: &str, hosts: &[&str]) -> Self {
+        self.seal.push((
+            name.to_owned(),
+            Zeroizing::new(value.to_owned()),
+            hosts.iter().map(|h| (*h).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Commands get this already sealed token in variable `name`.
+    pub fn token(mut self, name: &str, token: &str) -> Self {
+        self.tokens.push((name.to_owned(), token.to_owned()));
+        self
+    }
+
+    /// Commands start with an empty environment (plus the sealed variables and the CA trust
+    /// variables) instead of this process's.
+    pub fn env_clear(mut self) -> Self {
+        self.env = Some(Vec::new());
+        self
+    }
+
+    /// Sets a variable every command starts with.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        let env = self
+            .env
+            .get_or_insert_with(|| std::env::vars_os().collect());
+        env.retain(|(k, _)| k != key.as_ref());
+        env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Where audit lines go (default: nowhere).
+    pub fn audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Covers this file with an empty one inside the sandbox (an audit log, a secret file).
+    pub fn hide(mut self, path: impl Into<PathBuf>) -> Self {
+        self.hide.push(path.into());
+        self
+    }
+
+    /// Connect to `ip` for `name` (like curl's `--resolve`).
+    pub fn resolve(mut self, name: &str, ip: IpAddr) -> Self {
+        self.resolve.insert(crate::hosts::normalize(name), ip);
+        self
+    }
+
+    /// Also trust this CA certificate (DER) for upstream servers.
+    pub fn upstream_ca(mut self, der: CertificateDer<'static>) -> Self {
+        self.upstream_cas.push(der);
+        self
+    }
+
+    /// The `netcage` binary that runs the sandbox side (`netcage __holder`). Default: the
+    /// `NETCAGE` environment variable, else this program if it is netcage, else `netcage`
+    /// on the PATH.
+    pub fn netcage_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netcage = Some(path.into());
+        self
+    }
+
+    /// Exec ids become `PREFIX-1`, `PREFIX-2`, … (default: random hex).
+    pub fn exec_prefix(mut self, prefix: &str) -> Self {
+        self.exec_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Builds the sandbox and starts the proxy on the current tokio runtime.
+    pub async fn start(self) -> Result<Sandbox, Error> {
+        let key_file = self
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(".vault_key"));
+        let key = match self.key {
+            Some(key) => key,
+            None => match Key::load(&key_file) {
+                Ok(loaded) => loaded.key,
+                Err(token::KeyError::Missing(_)) if self.key_file.is_none() => Key::generate(),
+                Err(e) => return Err(Error(e.to_string())),
+            },
+        };
+        let ca = Ca::load_or_create(&self.data_dir).map_err(|e| Error(e.to_string()))?;
+        let mut sealed: Vec<(String, String)> = self.tokens.clone();
+        for (name, value, hosts) in &self.seal {
+            if hosts.is_empty() {
+                return Err(Error(format!(
+                    "seal {name}: name the hosts the value may go to (\"*\" for any)"
+                )));
+            }
+            sealed.push((name.clone(), token::seal(&key, value, hosts)));
+        }
+        let cfg = ProxyConfig {
+            key,
+            policy: self.policy,
+            resolve: self.resolve,
+            upstream_cas: self.upstream_cas,
+            audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
+            ca: Arc::new(ca),
+        };
+        let base = self.env.unwrap_or_else(|| std::env::vars_os().collect());
+        let mut hide = self.hide;
+        hide.push(key_file);
+        let netcage = match self.netcage {
+            Some(path) => path,
+            None => default_netcage()?,
+        };
+        let started = Started {
+            cfg,
+            data_dir: self.data_dir,
+            hide,
+            base_env: base,
+            sealed,
+            netcage,
+            prefix: self.exec_prefix,
+        };
+        let (started, launched) = tokio::task::spawn_blocking(move || {
+            let launched = started.launch();
+            (started, launched)
+        })
+        .await
+        .map_err(|e| Error(format!("starting the sandbox: {e}")))?;
+        started.into_sandbox(launched?)
+    }
+}
+
+/// What `start` has resolved; also how the CLI starts a sandbox from its own configuration.
+pub struct Started {
+    pub cfg: ProxyConfig,
+    pub data_dir: PathBuf,
+    /// Files covered inside the sandbox (key file, audit log, control socket).
+    pub hide: Vec<PathBuf>,
+    /// The environment commands start with, before sealing.
+    pub base_env: Vec<(OsString, OsString)>,
+    /// Variables that hold tokens.
+    pub sealed: Vec<(String, String)>,
+    pub netcage: PathBuf,
+    pub prefix: String,
+}
+
+impl Started {
+    /// Builds the namespaces (blocking, a few milliseconds). On failure `self` is intact, so
+    /// the caller can fall back to Tier 0 with the same configuration.
+    pub fn launch(&self) -> Result<launch::Launched, Error> {
+        let (root, nft) = detect::quick();
+        let nft = nft.ok_or_else(|| {
+            Error("the nft binary is missing (install the nftables package)".into())
+        })?;
+        let data_dir = std::fs::canonicalize(&self.data_dir).map_err(|e| {
+            Error(format!(
+                "cannot resolve the data dir {}: {e}",
+                self.data_dir.display()
+            ))
+        })?;
+        let hide: Vec<PathBuf> = self
+            .hide
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        let public = vec![
+            (CA_BUNDLE.to_owned(), self.cfg.ca.bundle_path().to_owned()),
+            (CA_CERT.to_owned(), self.cfg.ca.cert_path().to_owned()),
+        ];
+        let spec = HolderSpec {
+            rootless: !root,
+            nft,
+            mounts: plan::mount_plan(&data_dir, &hide, public),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        };
+        launch::launch(&spec, &self.netcage).map_err(Error)
+    }
+
+    /// Takes over a launched sandbox: starts the proxy, the resolver and the NFLOG reader on
+    /// the current tokio runtime.
+    pub fn into_sandbox(self, launched: launch::Launched) -> Result<Sandbox, Error> {
+        let data_dir = std::fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
+        let env = command_env(&self.base_env, &self.sealed, &data_dir);
+        let execs = Execs::new(launched.control, launched.proc_dir)
+            .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
+        let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
+        let attribution = execs.clone();
+        proxy.set_attribution(Arc::new(move |peer, proto| {
+            attribution.exec_of(peer, proto)
+        }));
+        let mut tasks = Vec::new();
+        let names = Arc::new(SyntheticNames::default());
+        let sockets = launched.sockets;
+        let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
+        for l in sockets.tcp {
+            l.set_nonblocking(true).map_err(io)?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
+            tasks.push(tokio::spawn(serve_transparent(
+                proxy.clone(),
+                names.clone(),
+                l,
+            )));
+        }
+        for s in sockets.dns_udp {
+            s.set_nonblocking(true).map_err(io)?;
+            let s = tokio::net::UdpSocket::from_std(s).map_err(io)?;
+            tasks.push(tokio::spawn(dns::serve_udp(
+                proxy.clone(),
+                names.clone(),
+                s,
+            )));
+        }
+        for l in sockets.dns_tcp {
+            l.set_nonblocking(true).map_err(io)?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
+            tasks.push(tokio::spawn(dns::serve_tcp(
+                proxy.clone(),
+                names.clone(),
+                l,
+            )));
+        }
+        let nflog = match sockets.nflog {
+            Some(fd) => {
+                let audit = proxy.audit().clone();
+                let execs = Arc::downgrade(&execs);
+                // Closing the write end tells the reader to finish.
+                let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error(format!("pipe: {e}")))?;
+                let thread = std::thread::Builder::new()
+                    .name("netcage-nflog".into())
+                    .spawn(move || log_dropped_packets(fd, &audit, &execs, stopped))
+                    .map_err(|e| Error(format!("cannot start the NFLOG reader: {e}")))?;
+                Some((stop, thread))
+            }
+            None => None,
+        };
+        Ok(Sandbox {
+            proxy,
+            execs,
+            holder: std::sync::Mutex::new(Some(launched.holder)),
+            env: Arc::new(env),
+            tasks,
+            nflog,
+            next: AtomicU64::new(1),
+            prefix: self.prefix,
+        })
+    }
+}
+
+/// The commands' environment: the base one, sealed names replaced by tokens, the CA trust
+/// variables pointing at the public copies inside the sandbox, no proxy variables.
+fn command_env(
+    base: &[(OsString, OsString)],
+    sealed: &[(String, String)],
+    data_dir: &Path,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = base
+        .iter()
+        .filter(|(k, _)| !sealed.iter().any(|(name, _)| k == name.as_str()))
+        .filter(|(k, _)| !plan::PROXY_VARS.iter().any(|p| k == p))
+        .cloned()
+        .chain(sealed.iter().map(|(k, v)| (k.into(), v.into())))
+        .collect();
+    for (var, path) in ca::trust_env(&data_dir.join(CA_BUNDLE), &data_dir.join(CA_CERT)) {
+        env.retain(|(k, _)| k != var);
+        env.push((var.into(), path.into()));
+    }
+    env
+}
+
+fn default_netcage() -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os("NETCAGE") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Ok(me) = std::env::current_exe()
+        && me.file_name() == Some(OsStr::new("netcage"))
+    {
+        return Ok(me);
+    }
+    detect::find_in_path("netcage").ok_or_else(|| {
+        Error(
+            "cannot find the netcage binary that runs the sandbox: install it on the PATH, set NETCAGE=/path/to/netcage, or call netcage_binary()".into(),
+        )
+    })
+}
+
+fn random_tag() -> String {
+    let mut bytes = [0u8; 3];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads the namespace's NFLOG socket: one audit line per packet the sandbox dropped, until
+/// `stop` (then what is queued still).
+fn log_dropped_packets(
+    fd: std::os::fd::OwnedFd,
+    audit: &AuditLog,
+    execs: &std::sync::Weak<Execs>,
+    stop: std::os::fd::OwnedFd,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut file = std::fs::File::from(fd);
+    let mut stopping = false;
+    loop {
+        let n = match std::io::Read::read(&mut file, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stopping {
+                    return;
+                }
+                let mut fds = [
+                    PollFd::new(file.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::NONE).is_ok()
+                    && fds[1].revents().is_some_and(|r| !r.is_empty())
+                {
+                    // One more read: packets dropped just before the end.
+                    stopping = true;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // ENOBUFS: the kernel dropped log messages; keep reading.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => continue,
+            Err(_) => return,
+        };
+        for dropped in crate::sandbox::nflog::parse(&buf[..n]) {
+            let mut event = Event::new("packet", "block");
+            event.exec = execs.upgrade().and_then(|e| e.only_running());
+            event.dst = Some(dropped.dst);
+            event.method = Some(dropped.protocol.to_owned());
+            event.reason = Some(match dropped.uid {
+                Some(uid) => {
+                    format!("only TCP through the proxy and DNS may leave the sandbox (uid {uid})")
+                }
+                None => "only TCP through the proxy and DNS may leave the sandbox".to_owned(),
+            });
+            audit.log(event);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Building the sandbox, in the holder process: namespaces, uid map, loopback and routes, the
+//! listeners, the nft rules, the mounts that hide the data dir (DESIGN §4). Runs single-threaded.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::statvfs::{FsFlags, statvfs};
+
+use super::control::{HolderSpec, SocketKind};
+use super::plan::{MountPlan, Ports, nft_ruleset};
+use super::{netlink, nft};
+
+/// Builds everything but the pid namespace (that is init's, see `holder`). Returns the sockets
+/// for the proxy and their kinds.
+pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), String> {
+    let (uid, gid) = (spec.uid, spec.gid);
+    // The pid namespace comes last, just before init is forked: the first process forked after
+    // it (here that would be `nft`) becomes its pid 1.
+    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    if spec.rootless {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| {
+        format!(
+            "unshare({}): {e}",
+            if spec.rootless {
+                "user, net, mount"
+            } else {
+                "net, mount"
+            }
+        )
+    })?;
+    if spec.rootless {
+        // /proc/self of a non-dumpable process belongs to root: writable again only while
+        // dumpable. Nothing of the sandbox runs yet, and it is switched off right after.
+        prctl::set_dumpable(true).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/self/{file}"), text)
+                .map_err(|e| format!("write /proc/self/{file}: {e}"))
+        };
+        let mapped = write("setgroups", "deny".into())
+            .and_then(|()| write("uid_map", format!("{uid} {uid} 1")))
+            .and_then(|()| write("gid_map", format!("{gid} {gid} 1")));
+        prctl::set_dumpable(false).map_err(|e| format!("PR_SET_DUMPABLE: {e}"))?;
+        mapped?;
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make mounts private: {e}"))?;
+    netlink::isolate_loopback()?;
+
+    let mut kinds = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    // Keeps a bound socket (its kind and descriptor) and returns its port; 0 when the bind
+    // failed (IPv6 may be off: its traffic then meets the drop rule).
+    let mut keep = |kind: SocketKind, bound: std::io::Result<(OwnedFd, u16)>| match bound {
+        Ok((fd, port)) => {
+            kinds.push(kind);
+            fds.push(fd);
+            port
+        }
+        Err(_) => 0,
+    };
+    let tcp = |addr: &str| {
+        let l = TcpListener::bind(addr)?;
+        let port = l.local_addr()?.port();
+        Ok((OwnedFd::from(l), port))
+    };
+    let udp = |addr: &str| {
+        let s = UdpSocket::bind(addr)?;
+        let port = s.local_addr()?.port();
+        Ok((OwnedFd::from(s), port))
+    };
+    let ports = Ports {
+        tcp4: keep(SocketKind::Tcp, tcp("127.0.0.1:0")),
+        tcp6: keep(SocketKind::Tcp, tcp("[::1]:0")),
+        dns4: keep(SocketKind::DnsUdp, udp("127.0.0.1:0")),
+        dns6: keep(SocketKind::DnsUdp, udp("[::1]:0")),
+        dns_tcp4: keep(SocketKind::DnsTcp, tcp("127.0.0.1:0")),
+        dns_tcp6: keep(SocketKind::DnsTcp, tcp("[::1]:0")),
+    };
+    if ports.tcp4 == 0 || ports.dns4 == 0 {
+        return Err("cannot listen on 127.0.0.1 inside the sandbox".into());
+    }
+    nft::load(&spec.nft, &nft_ruleset(&ports))?;
+    // Without it dropped packets are still dropped, only not named in the audit log.
+    if let Ok(fd) = super::nflog::open(super::plan::NFLOG_GROUP) {
+        kinds.push(SocketKind::Nflog);
+        fds.push(fd);
+    }
+    apply_mounts(&spec.mounts)?;
+    // A working directory inside the hidden directory would still reach the old contents:
+    // enter it again by path, through the new mounts.
+    if let Ok(cwd) = std::env::current_dir() {
+        std::env::set_current_dir(&cwd).map_err(|e| format!("re-enter {}: {e}", cwd.display()))?;
+    }
+    Ok((kinds, fds))
+}
+
+fn apply_mounts(plan: &MountPlan) -> Result<(), String> {
+    let dir = &plan.hide_dir;
+    // Read before the tmpfs covers them (they may live in the hidden directory).
+    let mut public = Vec::new();
+    for (name, path) in &plan.public_files {
+        let data =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        public.push((name, data));
+    }
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=16m"),
+    )
+    .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
+    for (name, data) in &public {
+        std::fs::write(dir.join(name), data)
+            .map_err(|e| format!("write {name} in the sandbox: {e}"))?;
+    }
+    for file in &plan.hide_files {
+        mount(
+            Some("/dev/null"),
+            file,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("hide {}: {e}", file.display()))?;
+    }
+    for dir in &plan.empty_dirs {
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=1m"),
+        )
+        .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Kernel interfaces that file permissions alone guard: as root (uid 0, even with no
+/// capabilities) the command could otherwise write global sysctls such as
+/// `kernel.core_pattern` (code execution outside the sandbox on the next crash) or the host
+/// name, trigger SysRq, or write cgroup and sysfs files. Read-only in the sandbox only.
+pub const READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+
+/// `mount_setattr(2)`'s argument (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Makes `path` (a file or a directory tree, submounts included) read-only in this mount
+/// namespace: a recursive bind mount of it onto itself, then the read-only flag on that tree.
+/// Missing paths are skipped.
+pub fn make_read_only(path: &str) -> Result<(), String> {
+    if !std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {path} for a read-only view: {e}"))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let cpath = std::ffi::CString::new(path).map_err(|e| e.to_string())?;
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live, properly laid
+    // out struct and a NUL-terminated path; it changes only mounts of this mount namespace.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            nix::libc::AT_FDCWD,
+            cpath.as_ptr(),
+            nix::libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(nix::libc::ENOSYS) {
+        return Err(format!("make {path} read-only: {err}"));
+    }
+    // Before Linux 5.12: remount each mount of the tree, keeping the flags it has (a mount
+    // inherited from another user namespace may not lose nosuid, nodev or noexec).
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    let prefix = format!("{}/", path.trim_end_matches('/'));
+    let points = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| *p == path || p.starts_with(&prefix));
+    for point in points {
+        let kept = statvfs(point)
+            .map(|s| s.flags())
+            .map_err(|e| format!("statvfs {point}: {e}"))?;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        for (st, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        ] {
+            if kept.contains(st) {
+                flags |= ms;
+            }
+        }
+        mount(None::<&str>, point, None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("make {point} read-only: {e}"))?;
+    }
+    Ok(())
+}

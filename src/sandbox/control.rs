@@ -1,0 +1,112 @@
+//! The protocol between the proxy side and the sandbox (one `SOCK_SEQPACKET` socket pair).
+//!
+//! ```text
+//! proxy side                          holder / init
+//!   HolderSpec ──────────────────────▶ holder builds the namespaces
+//!              ◀────────────────────── Built{kinds} + sockets | BuildFailed
+//!                                      init (pid 1) mounts /proc
+//!              ◀────────────────────── Ready + /proc dir | BuildFailed
+//!   Spawn{id,..} + stdio fds ────────▶ fork, exec
+//!              ◀────────────────────── Started{id,pid} | SpawnFailed{id,..}
+//!   Signal{id,sig} ──────────────────▶ kill
+//!              ◀────────────────────── Exited{id,status}
+//!   Shutdown{grace} or EOF ──────────▶ SIGTERM all, SIGKILL after grace, exit
+//! ```
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::MountPlan;
+
+/// What the holder needs to build the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderSpec {
+    /// No CAP_NET_ADMIN: use a user namespace.
+    pub rootless: bool,
+    pub nft: PathBuf,
+    pub mounts: MountPlan,
+    /// uid and gid to map in the user namespace (rootless).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Kinds of the sockets in [`FromSandbox::Built`], in the order of the descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketKind {
+    Tcp,
+    DnsUdp,
+    DnsTcp,
+    Nflog,
+}
+
+/// A command to start in the sandbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Spawn {
+    pub id: u64,
+    pub program: Vec<u8>,
+    pub args: Vec<Vec<u8>>,
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub cwd: Option<Vec<u8>>,
+    /// Start a new session (and process group): signals go to the whole group, and the
+    /// command is detached from netcage's terminal. `run` leaves it off so the terminal's
+    /// job control reaches the command as before.
+    pub new_session: bool,
+    /// Which of stdin, stdout, stderr come with the message (in that order); the others are
+    /// /dev/null.
+    pub stdio: [bool; 3],
+}
+
+impl Spawn {
+    pub fn new(id: u64, program: &OsStr) -> Self {
+        Spawn {
+            id,
+            program: program.as_bytes().to_vec(),
+            ..Spawn::default()
+        }
+    }
+
+    pub fn program(&self) -> OsString {
+        OsString::from_vec(self.program.clone())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToSandbox {
+    Spawn(Spawn),
+    /// Signal the command (its whole process group when it has a session of its own).
+    Signal {
+        id: u64,
+        signal: i32,
+    },
+    /// SIGTERM to everything, SIGKILL after `grace_ms`, then exit. Closing the socket is a
+    /// shutdown with no grace.
+    Shutdown {
+        grace_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromSandbox {
+    Built {
+        kinds: Vec<SocketKind>,
+    },
+    BuildFailed(String),
+    /// init is up; carries a descriptor of the sandbox's /proc.
+    Ready,
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: u64,
+        error: String,
+    },
+    /// Raw wait status (as `waitpid` reports it).
+    Exited {
+        id: u64,
+        status: i32,
+    },
+}

@@ -1,0 +1,280 @@
+//! The proxy side of the control channel: starts commands in the sandbox, learns their exits,
+//! and knows which exec is running (for `status` and for naming the exec in audit lines).
+//!
+//! One thread reads the sandbox's messages and completes the waiting spawns and waits;
+//! sending is a short blocking `sendmsg` under a lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{oneshot, watch};
+
+use super::control::{FromSandbox, Spawn, ToSandbox};
+use super::fdpass;
+use super::owner::{Owners, Proto};
+
+/// A running exec, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExecInfo {
+    /// The id audit lines carry.
+    pub exec: String,
+    /// pid inside the sandbox.
+    pub pid: i32,
+    pub command: String,
+    /// Who asked for it (uid of the `netcage exec` caller), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    pub started: String,
+}
+
+struct Waiting {
+    started: Option<oneshot::Sender<Result<i32, String>>>,
+    exited: Option<oneshot::Sender<i32>>,
+    info: ExecInfo,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: HashMap<u64, Waiting>,
+    /// Running execs by id (ordered: `status` lists them oldest first).
+    running: BTreeMap<u64, ExecInfo>,
+    /// Sandbox pid of each running exec → its id.
+    by_pid: HashMap<i32, u64>,
+    /// The sandbox is gone (its init exited or the channel broke).
+    dead: bool,
+}
+
+/// The control channel's client side.
+pub struct Execs {
+    sock: Arc<OwnedFd>,
+    send: Mutex<()>,
+    state: Arc<Mutex<State>>,
+    next: AtomicU64,
+    owners: Owners,
+    /// Turns true once the sandbox is gone.
+    gone: watch::Receiver<bool>,
+}
+
+/// A command started in the sandbox.
+pub struct Started {
+    pub id: u64,
+    pub exec: String,
+    pub pid: i32,
+    /// The raw wait status, once it exits (dropped unsent if the sandbox dies first).
+    pub exited: oneshot::Receiver<i32>,
+}
+
+impl Execs {
+    /// Takes over the control socket and the sandbox's /proc; starts the reader thread.
+    pub fn new(control: OwnedFd, proc_dir: OwnedFd) -> std::io::Result<Arc<Execs>> {
+        let sock = Arc::new(control);
+        let state = Arc::new(Mutex::new(State::default()));
+        let (gone_tx, gone) = watch::channel(false);
+        let reader_sock = sock.clone();
+        let reader_state = state.clone();
+        // The reader takes no signals (netcage's own signal handling must see them).
+        let all = nix::sys::signal::SigSet::all();
+        let previous = all.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+        let spawned = std::thread::Builder::new()
+            .name("netcage-control".into())
+            .spawn(move || read_loop(&reader_sock, &reader_state, gone_tx));
+        if let Ok(previous) = previous {
+            let _ = previous.thread_set_mask();
+        }
+        spawned?;
+        Ok(Arc::new(Execs {
+            sock,
+            send: Mutex::new(()),
+            state,
+            next: AtomicU64::new(1),
+            owners: Owners::new(proc_dir),
+            gone,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, msg: &ToSandbox, fds: &[RawFd]) -> std::io::Result<()> {
+        let _guard = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        fdpass::send(&*self.sock, msg, fds)
+    }
+
+    /// Starts `spawn` (its `id` is assigned here) with the given stdin/stdout/stderr
+    /// (`None` = /dev/null) and waits until it runs or has failed to start.
+    pub async fn spawn(
+        &self,
+        mut spawn: Spawn,
+        exec: String,
+        uid: Option<u32>,
+        stdio: [Option<RawFd>; 3],
+    ) -> Result<Started, String> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        spawn.id = id;
+        spawn.stdio = stdio.map(|fd| fd.is_some());
+        let fds: Vec<RawFd> = stdio.into_iter().flatten().collect();
+        let (started_tx, started_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel();
+        let info = ExecInfo {
+            exec: exec.clone(),
+            pid: 0,
+            command: command_line(&spawn),
+            uid,
+            started: crate::audit::now_rfc3339(),
+        };
+        {
+            let mut state = self.lock();
+            if state.dead {
+                return Err("the sandbox is gone".into());
+            }
+            state.waiting.insert(
+                id,
+                Waiting {
+                    started: Some(started_tx),
+                    exited: Some(exited_tx),
+                    info,
+                },
+            );
+        }
+        if let Err(e) = self.send(&ToSandbox::Spawn(spawn), &fds) {
+            self.lock().waiting.remove(&id);
+            return Err(format!("cannot reach the sandbox: {e}"));
+        }
+        match started_rx.await {
+            Ok(Ok(pid)) => Ok(Started {
+                id,
+                exec,
+                pid,
+                exited: exited_rx,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the sandbox is gone".into()),
+        }
+    }
+
+    /// Sends `signal` to exec `id` (to its process group if it leads a session).
+    pub fn signal(&self, id: u64, signal: i32) {
+        let _ = self.send(&ToSandbox::Signal { id, signal }, &[]);
+    }
+
+    /// SIGTERM to everything in the sandbox, SIGKILL after `grace`; the sandbox then exits.
+    pub fn shutdown(&self, grace: std::time::Duration) {
+        let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
+        let _ = self.send(&ToSandbox::Shutdown { grace_ms }, &[]);
+    }
+
+    /// Resolves once the sandbox is gone.
+    pub async fn closed(&self) {
+        let mut gone = self.gone.clone();
+        let _ = gone.wait_for(|g| *g).await;
+    }
+
+    /// The exec, when exactly one is running (what a dropped packet is attributed to).
+    pub fn only_running(&self) -> Option<String> {
+        let state = self.lock();
+        match state.running.len() {
+            1 => state.running.values().next().map(|i| i.exec.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn running(&self) -> Vec<ExecInfo> {
+        self.lock().running.values().cloned().collect()
+    }
+
+    /// The exec a connection (TCP) or datagram (UDP) from `peer` inside the sandbox belongs
+    /// to: the only one running, or else the one whose session holds the socket.
+    pub fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
+        {
+            let state = self.lock();
+            match state.running.len() {
+                0 => return None,
+                1 => return state.running.values().next().map(|i| i.exec.clone()),
+                _ => {}
+            }
+        }
+        // More than one: find the process that holds the socket.
+        let session = self.owners.session_of(peer, proto)?;
+        let state = self.lock();
+        let id = state.by_pid.get(&session)?;
+        state.running.get(id).map(|i| i.exec.clone())
+    }
+}
+
+fn command_line(spawn: &Spawn) -> String {
+    let mut words = vec![String::from_utf8_lossy(&spawn.program).into_owned()];
+    words.extend(
+        spawn
+            .args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+    );
+    let line = words.join(" ");
+    match line.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+fn read_loop(sock: &OwnedFd, state: &Mutex<State>, gone: watch::Sender<bool>) {
+    loop {
+        let msg = match fdpass::recv::<FromSandbox>(sock) {
+            Ok(Some((msg, _))) => msg,
+            Ok(None) | Err(_) => break,
+        };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        match msg {
+            FromSandbox::Started { id, pid } => {
+                if let Some(w) = state.waiting.get_mut(&id) {
+                    w.info.pid = pid;
+                    let info = w.info.clone();
+                    if let Some(tx) = w.started.take() {
+                        let _ = tx.send(Ok(pid));
+                    }
+                    state.running.insert(id, info);
+                    state.by_pid.insert(pid, id);
+                }
+            }
+            FromSandbox::SpawnFailed { id, error } => {
+                if let Some(mut w) = state.waiting.remove(&id)
+                    && let Some(tx) = w.started.take()
+                {
+                    let _ = tx.send(Err(error));
+                }
+            }
+            FromSandbox::Exited { id, status } => {
+                if let Some(info) = state.running.remove(&id) {
+                    state.by_pid.remove(&info.pid);
+                }
+                if let Some(mut w) = state.waiting.remove(&id)
+                    && let Some(tx) = w.exited.take()
+                {
+                    let _ = tx.send(status);
+                }
+            }
+            FromSandbox::Built { .. } | FromSandbox::BuildFailed(_) | FromSandbox::Ready => {}
+        }
+    }
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    state.dead = true;
+    state.waiting.clear();
+    state.running.clear();
+    state.by_pid.clear();
+    drop(state);
+    let _ = gone.send(true);
+}
+
+impl Drop for Execs {
+    /// The reader thread holds the socket too: shut it down so the sandbox sees the end of
+    /// the channel (a shutdown with no grace) and the reader exits.
+    fn drop(&mut self) {
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&*self.sock),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+}

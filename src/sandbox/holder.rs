@@ -1,0 +1,373 @@
+//! The sandbox side: `netcage __holder`, exec'd by `launch` (so it starts single-threaded and
+//! holds no secret of the proxy's: not its memory, not its environment).
+//!
+//! ```text
+//! holder: reads the HolderSpec on fd 3, builds the namespaces (build.rs), sends the sockets
+//!         back, unshares the pid namespace and forks init, then only waits for it
+//!   └─ init (pid 1): mounts /proc, sends Ready; then serves the control socket: forks each
+//!        command asked for, reports its pid and its exit, passes signals on
+//!        └─ commands: no capabilities (bounding set too), no_new_privs
+//! ```
+//! The proxy side closing the control socket (or dying) is a shutdown with no grace: init
+//! SIGKILLs everything and exits, the pid namespace takes the rest with it, and the holder
+//! exits after init. Nothing outlives the proxy side.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl, open};
+use nix::mount::{MsFlags, mount};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use super::build::{READ_ONLY, build, make_read_only};
+use super::control::{FromSandbox, HolderSpec, Spawn, ToSandbox};
+use super::fdpass;
+
+/// The descriptor `launch` puts the control socket on.
+pub const CONTROL_FD: i32 = 3;
+
+/// `netcage __holder`: returns the process's exit code.
+pub fn holder_main() -> i32 {
+    // SAFETY: `launch` put the control socket on this descriptor before exec, and nothing in
+    // this fresh process has taken ownership of it.
+    let sock = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    if fcntl(&sock, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
+        eprintln!(
+            "netcage: __holder is started by netcage itself, with its control socket on fd 3"
+        );
+        return 2;
+    }
+    // Descriptors netcage's caller leaked to it (not close-on-exec) must not reach the
+    // commands: only the control socket stays.
+    close_from(CONTROL_FD + 1);
+    // Not even the commands' uid may read this process's memory or environment.
+    let _ = prctl::set_dumpable(false);
+    let spec: HolderSpec = match fdpass::recv(&sock) {
+        Ok(Some((spec, _))) => spec,
+        _ => return 1,
+    };
+    let built = build(&spec);
+    let sent = match &built {
+        Ok((kinds, fds)) => {
+            let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            fdpass::send(
+                &sock,
+                &FromSandbox::Built {
+                    kinds: kinds.clone(),
+                },
+                &raw,
+            )
+        }
+        Err(msg) => fdpass::send(&sock, &FromSandbox::BuildFailed(msg.clone()), &[]),
+    };
+    let ok = built.is_ok() && sent.is_ok();
+    drop(built);
+    if !ok {
+        return 1;
+    }
+    if SigSet::all().thread_block().is_err() {
+        return 1;
+    }
+    // The pid namespace comes last, just before init is forked: the first process forked after
+    // it becomes its pid 1 (nft, run by build, would otherwise have been).
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        let _ = fdpass::send(
+            &sock,
+            &FromSandbox::BuildFailed(format!("unshare(pid): {e}")),
+            &[],
+        );
+        return 1;
+    }
+    // SAFETY: the holder is single-threaded (build's netlink runtime was current-thread and is
+    // gone), so the child may allocate and do anything the parent could.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = init(sock);
+            // SAFETY: ends the forked child without the parent's atexit handlers.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(sock);
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return 0,
+                    Err(nix::errno::Errno::ECHILD) => return 0,
+                    _ => continue,
+                }
+            }
+        }
+        Err(e) => {
+            let _ = fdpass::send(&sock, &FromSandbox::BuildFailed(format!("fork: {e}")), &[]);
+            1
+        }
+    }
+}
+
+/// Closes every descriptor from `first` up.
+fn close_from(first: i32) {
+    // SAFETY: close_range takes plain integers; this single-threaded process owns no
+    // descriptor above `first` that anything will use (none is open yet but leaked ones).
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            0 as nix::libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        // Before Linux 5.9: one by one.
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<i32> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd| *fd >= first)
+                .collect();
+            for fd in fds {
+                let _ = nix::unistd::close(fd);
+            }
+        }
+    }
+}
+
+/// pid 1 of the sandbox.
+fn init(sock: OwnedFd) -> i32 {
+    let fail = |msg: String| {
+        let _ = fdpass::send(&sock, &FromSandbox::BuildFailed(msg), &[]);
+        1
+    };
+    // The holder only dies when killed; then the sandbox must not live on.
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
+        return fail(format!("PDEATHSIG: {e}"));
+    }
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        return fail(format!("mount /proc: {e}"));
+    }
+    for path in READ_ONLY {
+        if let Err(e) = make_read_only(path) {
+            return fail(e);
+        }
+    }
+    let proc_dir = match open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("open /proc: {e}")),
+    };
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let sigfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("signalfd: {e}")),
+    };
+    if fdpass::send(&sock, &FromSandbox::Ready, &[proc_dir.as_raw_fd()]).is_err() {
+        return 1;
+    }
+    drop(proc_dir);
+    let mut init = Init {
+        sock,
+        sigfd,
+        running: HashMap::new(),
+    };
+    init.serve()
+}
+
+struct Running {
+    id: u64,
+    /// Signals go to the process group (the command leads a session of its own).
+    group: bool,
+}
+
+struct Init {
+    sock: OwnedFd,
+    sigfd: SignalFd,
+    running: HashMap<Pid, Running>,
+}
+
+impl Init {
+    fn serve(&mut self) -> i32 {
+        loop {
+            let (sock_ready, sig_ready) = {
+                let mut fds = [
+                    PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    continue;
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if sig_ready {
+                self.reap();
+            }
+            if sock_ready {
+                match fdpass::recv::<ToSandbox>(&self.sock) {
+                    Ok(Some((ToSandbox::Spawn(req), fds))) => self.spawn(req, fds),
+                    Ok(Some((ToSandbox::Signal { id, signal }, _))) => self.signal(id, signal),
+                    Ok(Some((ToSandbox::Shutdown { grace_ms }, _))) => {
+                        return self.shutdown(Duration::from_millis(grace_ms));
+                    }
+                    // A message that does not decode is a peer that is not netcage.
+                    Ok(None) | Err(_) => return self.shutdown(Duration::ZERO),
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, req: Spawn, fds: Vec<OwnedFd>) {
+        let id = req.id;
+        let reply = match start(req, fds) {
+            Ok((pid, group)) => {
+                self.running.insert(pid, Running { id, group });
+                FromSandbox::Started {
+                    id,
+                    pid: pid.as_raw(),
+                }
+            }
+            Err(error) => FromSandbox::SpawnFailed { id, error },
+        };
+        let _ = fdpass::send(&self.sock, &reply, &[]);
+    }
+
+    fn signal(&self, id: u64, signal: i32) {
+        let Ok(sig) = Signal::try_from(signal) else {
+            return;
+        };
+        for (pid, running) in &self.running {
+            if running.id == id {
+                let target = if running.group {
+                    Pid::from_raw(-pid.as_raw())
+                } else {
+                    *pid
+                };
+                let _ = kill(target, sig);
+            }
+        }
+    }
+
+    /// Reaps every child that has exited (orphans included) and reports the commands'.
+    fn reap(&mut self) {
+        while self.sigfd.read_signal().ok().flatten().is_some() {}
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    (pid, sig as i32 | if core { 0x80 } else { 0 })
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(running) = self.running.remove(&pid) {
+                let _ = fdpass::send(
+                    &self.sock,
+                    &FromSandbox::Exited {
+                        id: running.id,
+                        status,
+                    },
+                    &[],
+                );
+            }
+        }
+    }
+
+    /// SIGTERM to every process of the sandbox, SIGKILL after `grace`, then exit (the pid
+    /// namespace dies with its init).
+    fn shutdown(&mut self, grace: Duration) -> i32 {
+        if !grace.is_zero() {
+            // kill(-1) from a pid namespace's init reaches every other process in it.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                self.reap();
+                if matches!(
+                    waitpid(None, Some(WaitPidFlag::WNOHANG)),
+                    Err(nix::errno::Errno::ECHILD)
+                ) {
+                    return 0;
+                }
+                let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+                let ms = left.as_millis().clamp(1, 1000) as u16;
+                let _ = poll(&mut fds, PollTimeout::from(ms));
+            }
+        }
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        0
+    }
+}
+
+/// Forks and execs one command; returns its pid and whether it leads a process group.
+fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
+    let program = req.program();
+    let mut fds = fds.into_iter();
+    let mut stdio = Vec::with_capacity(3);
+    for present in req.stdio {
+        stdio.push(match present.then(|| fds.next()).flatten() {
+            Some(fd) => Stdio::from(fd),
+            None => Stdio::null(),
+        });
+    }
+    let mut stdio = stdio.into_iter();
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(req.args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| {
+            (
+                std::ffi::OsStr::from_bytes(k),
+                std::ffi::OsStr::from_bytes(v),
+            )
+        }))
+        .stdin(stdio.next().unwrap_or_else(Stdio::null))
+        .stdout(stdio.next().unwrap_or_else(Stdio::null))
+        .stderr(stdio.next().unwrap_or_else(Stdio::null));
+    if let Some(cwd) = &req.cwd {
+        let cwd = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+        if !cwd.is_dir() {
+            return Err(format!(
+                "the working directory {} does not exist in the sandbox",
+                cwd.display()
+            ));
+        }
+        cmd.current_dir(cwd);
+    }
+    let new_session = req.new_session;
+    // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
+    // only changes that process's own signal mask, session, capabilities and prctl flags.
+    unsafe {
+        cmd.pre_exec(move || {
+            SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)?;
+            prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if new_session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            super::caps::drop_all()?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.to_string_lossy()))?;
+    // The Child is dropped without waiting: init reaps every process with waitpid(-1).
+    Ok((Pid::from_raw(child.id() as i32), new_session))
+}
