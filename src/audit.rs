@@ -85,6 +85,8 @@ pub fn now_rfc3339() -> String {
 /// [`AuditLog::flush`] waits until everything sent so far is written.
 pub struct AuditLog {
     tx: Option<SyncSender<Msg>>,
+    /// Counters over every event logged (`netcage status`).
+    stats: crate::stats::Stats,
 }
 
 enum Msg {
@@ -124,19 +126,31 @@ impl AuditLog {
             let _ = previous.thread_set_mask();
         }
         spawned?;
-        Ok(AuditLog { tx: Some(tx) })
+        Ok(AuditLog {
+            tx: Some(tx),
+            stats: Default::default(),
+        })
     }
 
     /// A log that drops everything (library use and tests that do not care).
     pub fn disabled() -> Self {
-        AuditLog { tx: None }
+        AuditLog {
+            tx: None,
+            stats: Default::default(),
+        }
     }
 
     /// Queues one event; it becomes one line.
     pub fn log(&self, event: Event) {
+        self.stats.record(&event);
         if let Some(tx) = &self.tx {
             let _ = tx.send(Msg::Event(Box::new(event)));
         }
+    }
+
+    /// Counters over every event logged so far.
+    pub fn stats(&self) -> &crate::stats::Stats {
+        &self.stats
     }
 
     /// Waits until every event logged before this call is written out.

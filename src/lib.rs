@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod sandbox;
 pub mod scan;
 pub mod seal;
+pub mod stats;
 pub mod token;
 
 pub use api::{Child, Command, Error, Output, Sandbox, SandboxBuilder, Signaller, Started, Stdio};

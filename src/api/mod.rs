@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -87,11 +87,11 @@ pub struct SandboxBuilder {
 pub struct Sandbox {
     proxy: Arc<Proxy>,
     execs: Arc<Execs>,
-    holder: std::sync::Mutex<Option<std::process::Child>>,
+    holder: Mutex<Option<std::process::Child>>,
     env: Arc<Vec<(OsString, OsString)>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The NFLOG reader thread and its stop flag.
-    nflog: Option<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The NFLOG reader thread and the pipe whose closing stops it.
+    nflog: Mutex<Option<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)>>,
     next: AtomicU64,
     prefix: String,
 }
@@ -148,17 +148,19 @@ impl Sandbox {
 
     /// SIGTERM to every process in the sandbox, SIGKILL to what is left after `grace`, then
     /// the namespaces go away and the proxy stops.
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub async fn shutdown(&self, grace: Duration) {
         self.execs.shutdown(grace);
-        let holder = self.holder.lock().ok().and_then(|mut h| h.take());
+        let holder = lock(&self.holder).take();
         if let Some(mut holder) = holder {
             let _ = tokio::task::spawn_blocking(move || holder.wait()).await;
         }
-        for task in self.tasks.drain(..) {
+        self.execs.closed().await;
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
         // Its last read picks up packets dropped just before the end.
-        if let Some((stop, thread)) = self.nflog.take() {
+        let nflog = lock(&self.nflog).take();
+        if let Some((stop, thread)) = nflog {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -167,14 +169,14 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in lock(&self.tasks).iter() {
             task.abort();
         }
         // Closing the stop pipe ends the NFLOG reader.
-        self.nflog.take();
-        // Dropping the last `Execs` closes the control channel: init kills everything. Reap
-        // the holder without blocking this thread long (init exits at once on that).
-        if let Some(mut holder) = self.holder.lock().ok().and_then(|mut h| h.take()) {
+        lock(&self.nflog).take();
+        // init kills everything on a shutdown with no grace; reap the holder on a thread of
+        // its own (it exits right after init).
+        if let Some(mut holder) = lock(&self.holder).take() {
             self.execs.shutdown(Duration::ZERO);
             std::thread::spawn(move || holder.wait());
         }
@@ -446,10 +448,10 @@ impl Started {
         Ok(Sandbox {
             proxy,
             execs,
-            holder: std::sync::Mutex::new(Some(launched.holder)),
+            holder: Mutex::new(Some(launched.holder)),
             env: Arc::new(env),
-            tasks,
-            nflog,
+            tasks: Mutex::new(tasks),
+            nflog: Mutex::new(nflog),
             next: AtomicU64::new(1),
             prefix: self.prefix,
         })
@@ -491,6 +493,10 @@ fn default_netcage() -> Result<PathBuf, Error> {
             "cannot find the netcage binary that runs the sandbox: install it on the PATH, set NETCAGE=/path/to/netcage, or call netcage_binary()".into(),
         )
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn random_tag() -> String {

@@ -20,6 +20,7 @@ pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                proxy.audit().stats().connection();
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(handle_conn(proxy.clone(), stream, client));
             }

@@ -22,6 +22,7 @@ pub async fn serve_transparent(
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                proxy.audit().stats().connection();
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(handle(proxy.clone(), names.clone(), stream, client));
             }

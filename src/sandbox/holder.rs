@@ -267,9 +267,14 @@ impl Init {
 
     /// Reaps every child that has exited (orphans included) and reports the commands'.
     fn reap(&mut self) {
+        self.reap_with(Some(WaitPidFlag::WNOHANG));
+    }
+
+    /// With no flags: until no child is left.
+    fn reap_with(&mut self, flags: Option<WaitPidFlag>) {
         while self.sigfd.read_signal().ok().flatten().is_some() {}
         loop {
-            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            let (pid, status) = match waitpid(None, flags) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     (pid, sig as i32 | if core { 0x80 } else { 0 })
@@ -311,6 +316,8 @@ impl Init {
             }
         }
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        // Report the last exits (SIGKILL cannot be ignored: this ends quickly).
+        self.reap_with(None);
         0
     }
 }
