@@ -20,9 +20,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     let resolved = resolve(&args.key, &args.policy)?;
     let audit = resolved.proxy.audit.clone();
+    let learn = resolved.learn.clone();
     let result = run_in_a_tier(args, resolved);
     // Responses still in flight when the runtime shut down have queued their lines by now.
     audit.flush();
+    if let (Ok(_), Some(learn)) = (&result, learn) {
+        learn.finish()?;
+    }
     result
 }
 
