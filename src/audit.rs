@@ -5,9 +5,12 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use serde::Serialize;
+
+use crate::learn::Learner;
 
 /// What happened to one token in a request.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -100,6 +103,11 @@ const QUEUE: usize = 8192;
 impl AuditLog {
     /// Opens `path` for appending (created 0600), or stderr for `-`.
     pub fn open(path: &str) -> std::io::Result<Self> {
+        Self::open_with(path, None)
+    }
+
+    /// Like [`AuditLog::open`]; the writer also hands every event to `learner` (`--learn`).
+    pub fn open_with(path: &str, learner: Option<Arc<Learner>>) -> std::io::Result<Self> {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stderr())
         } else {
@@ -114,6 +122,14 @@ impl AuditLog {
                 .open(path)?;
             Box::new(BufWriter::new(file))
         };
+        Self::start(Some(out), learner)
+    }
+
+    /// The writer thread: lines to `out` (if any), events to `learner` (if any).
+    fn start(
+        out: Option<Box<dyn Write + Send>>,
+        learner: Option<Arc<Learner>>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         // The writer takes no signals: netcage's signal handling (sigwait in the Tier 1
         // launcher, tokio's handlers) must see them, and a new thread inherits this mask.
@@ -121,7 +137,7 @@ impl AuditLog {
         let previous = all.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
         let spawned = std::thread::Builder::new()
             .name("netcage-audit".into())
-            .spawn(move || write_lines(rx, out));
+            .spawn(move || write_lines(rx, out, learner));
         if let Ok(previous) = previous {
             let _ = previous.thread_set_mask();
         }
@@ -140,6 +156,14 @@ impl AuditLog {
         }
     }
 
+    /// Writes nothing, but hands every event to `learner` (`--learn` without an audit log).
+    pub fn disabled_with(learner: Option<Arc<Learner>>) -> std::io::Result<Self> {
+        match learner {
+            Some(learner) => Self::start(None, Some(learner)),
+            None => Ok(Self::disabled()),
+        }
+    }
+
     /// Queues one event; it becomes one line.
     pub fn log(&self, event: Event) {
         self.stats.record(&event);
@@ -153,7 +177,7 @@ impl AuditLog {
         &self.stats
     }
 
-    /// Waits until every event logged before this call is written out.
+    /// Waits until every event logged before this call is written out (and learned).
     pub fn flush(&self) {
         if let Some(tx) = &self.tx {
             let (done_tx, done_rx) = sync_channel(1);
@@ -164,15 +188,29 @@ impl AuditLog {
     }
 }
 
-fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>) {
+fn write_lines(
+    rx: Receiver<Msg>,
+    mut out: Option<Box<dyn Write + Send>>,
+    learner: Option<Arc<Learner>>,
+) {
     let mut failed = false;
     let mut line = Vec::with_capacity(512);
+    let flush = |out: &mut Option<Box<dyn Write + Send>>| {
+        if let Some(out) = out {
+            let _ = out.flush();
+        }
+    };
     while let Ok(mut msg) = rx.recv() {
         loop {
             match msg {
                 Msg::Event(event) => {
+                    if let Some(learner) = &learner {
+                        learner.observe(&event);
+                    }
                     line.clear();
-                    if serde_json::to_writer(&mut line, &event).is_ok() {
+                    if let Some(out) = &mut out
+                        && serde_json::to_writer(&mut line, &event).is_ok()
+                    {
                         line.push(b'\n');
                         if let Err(e) = out.write_all(&line)
                             && !failed
@@ -183,7 +221,7 @@ fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>) {
                     }
                 }
                 Msg::Flush(done) => {
-                    let _ = out.flush();
+                    flush(&mut out);
                     let _ = done.send(());
                 }
             }
@@ -192,9 +230,9 @@ fn write_lines(rx: Receiver<Msg>, mut out: Box<dyn Write + Send>) {
                 Err(_) => break,
             }
         }
-        let _ = out.flush();
+        flush(&mut out);
     }
-    let _ = out.flush();
+    flush(&mut out);
 }
 
 #[cfg(test)]
@@ -226,5 +264,30 @@ mod tests {
         assert_eq!(lines[0]["tokens"][0]["where"], "header:authorization");
         assert_eq!(lines[0]["host"], "evil.com");
         assert!(lines[1].get("host").is_none());
+    }
+
+    #[test]
+    fn the_learner_sees_every_event_before_flush_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let logged = Arc::new(Learner::new());
+        let disabled = Arc::new(Learner::new());
+        let logs = [
+            AuditLog::open_with(path.to_str().unwrap(), Some(logged.clone())).unwrap(),
+            AuditLog::disabled_with(Some(disabled.clone())).unwrap(),
+        ];
+        for log in &logs {
+            for i in 0..100 {
+                let mut e = Event::new("request", "allow");
+                e.host = Some(format!("h{i}.test"));
+                log.log(e);
+            }
+            log.flush();
+        }
+        for learner in [&logged, &disabled] {
+            assert_eq!(learner.counts().hosts, 100);
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 100);
+        AuditLog::disabled_with(None).unwrap().flush();
     }
 }

@@ -8,6 +8,7 @@
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
 //! - [`audit`]: audit events and the JSONL sink.
+//! - [`learn`]: `--learn`, the hosts a run reached as a default-deny policy.
 //! - [`ca`]: the local CA, leaf certificates, the trust bundle.
 //! - [`proxy`]: listeners, TLS interception, the HTTP service, the upstream client.
 //! - [`sandbox`]: tiers, process attributes, namespaces — the only place with `unsafe`.
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod ca;
 mod der;
 pub mod hosts;
+pub mod learn;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;

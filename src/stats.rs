@@ -129,7 +129,8 @@ mod tests {
         });
         stats.record(&ok);
         let mut denied = Event::new("request", "block");
-        denied.reason = Some("evil.com is not allowed by the egress policy (egress.default deny)".into());
+        denied.reason =
+            Some("evil.com is not allowed by the egress policy (egress.default deny)".into());
         stats.record(&denied);
         let mut wrong_host = Event::new("request", "block");
         wrong_host.tokens.push(TokenUse {

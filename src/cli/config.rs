@@ -15,6 +15,7 @@ use netcage::token::{self, Key};
 use netcage::{seal, token::KeyError};
 use zeroize::Zeroizing;
 
+use super::learn::Learning;
 use super::{KeyArgs, PolicyArgs, input_error};
 
 /// `--key-file`, else `<data-dir>/.vault_key`.
@@ -53,6 +54,8 @@ pub struct Resolved {
     /// The audit log file (None for stderr): the sandbox hides it from the command.
     pub audit_path: Option<PathBuf>,
     pub sealed_env: Vec<(String, String)>,
+    /// `--learn`: fed by the audit writer; report it after the audit log is flushed.
+    pub learn: Option<Learning>,
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
@@ -111,6 +114,13 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             )),
         }
     }
+    let learn = match args.learn.clone().map(Learning::new).transpose() {
+        Ok(learn) => learn,
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(input_error(problems.join("; ")));
     }
@@ -131,7 +141,8 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
                 .to_string_lossy()
                 .into_owned()
         });
-    let audit = AuditLog::open(&audit_path).with_context(|| {
+    let learner = learn.as_ref().map(|l| l.learner.clone());
+    let audit = AuditLog::open_with(&audit_path, learner).with_context(|| {
         format!("cannot open the audit log {audit_path} (choose another with --audit FILE)")
     })?;
     let ca = Ca::load_or_create(&key_args.data_dir)?;
@@ -149,6 +160,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             ca: Arc::new(ca),
         },
         sealed_env,
+        learn,
     })
 }
 

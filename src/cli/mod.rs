@@ -4,6 +4,7 @@ pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod learn;
 pub mod proxy;
 pub mod run;
 pub mod token;
@@ -89,6 +90,10 @@ pub struct PolicyArgs {
     /// Hand the child a token for variable NAME instead of its value, bound to HOSTs
     #[arg(long, value_name = "NAME[=HOST,..]")]
     pub seal: Vec<String>,
+    /// Record every host reached; at the end write a default-deny netcage.toml allowing
+    /// exactly those to FILE (without FILE: print it on stderr)
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub learn: Option<Option<PathBuf>>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

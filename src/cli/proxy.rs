@@ -19,6 +19,7 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     let audit = resolved.proxy.audit.clone();
+    let learn = resolved.learn.clone();
     let result = runtime.block_on(async move {
         let proxy = Proxy::new(resolved.proxy)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -43,5 +44,8 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
     });
     drop(runtime);
     audit.flush();
+    if let (Ok(_), Some(learn)) = (&result, learn) {
+        learn.finish()?;
+    }
     result
 }

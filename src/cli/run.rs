@@ -31,9 +31,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     let resolved = resolve(&args.key, &args.policy)?;
     let audit = resolved.proxy.audit.clone();
+    let learn = resolved.learn.clone();
     let result = run_in_a_tier(args, resolved);
     // Responses still in flight when the runtime shut down have queued their lines by now.
     audit.flush();
+    if let (Ok(_), Some(learn)) = (&result, learn) {
+        learn.finish()?;
+    }
     result
 }
 
@@ -48,6 +52,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     // the command runs would kill netcage, and the command would die with it.
     let signals = netcage_signals();
     signals.thread_block().context("cannot block signals")?;
+    let learn = resolved.learn.clone();
     let started = sandbox_config(&args, resolved);
     let launched = started.launch();
     match (launched, args.tier) {
@@ -79,6 +84,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 proxy: started.cfg,
                 audit_path: None,
                 sealed_env: started.sealed,
+                learn,
             };
             runtime()?.block_on(run_env_tier(args, resolved))
         }

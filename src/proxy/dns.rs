@@ -122,7 +122,17 @@ fn log(proxy: &Proxy, answered: &Answered, peer: Option<SocketAddr>) {
     event.host = Some(answered.name.clone());
     event.method = Some(answered.qtype.clone());
     if !answered.allowed {
-        event.reason = Some("name not allowed by the egress policy: NXDOMAIN".into());
+        let name = &answered.name;
+        let why = if crate::hosts::validate_pattern(name).is_err() || name.starts_with("*.") {
+            format!("{name:?} is not a host name")
+        } else {
+            let verdict = proxy.cfg.policy.egress(name);
+            format!(
+                "{name} is not allowed by the egress policy ({})",
+                verdict.rule
+            )
+        };
+        event.reason = Some(format!("{why}: NXDOMAIN"));
     }
     proxy.cfg.audit.log(event);
 }
