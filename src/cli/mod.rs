@@ -4,10 +4,13 @@ pub mod ca;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod exec;
 pub mod learn;
 pub mod proxy;
 pub mod run;
+pub mod serve;
 pub mod token;
+pub mod wire;
 
 use std::path::PathBuf;
 
@@ -40,6 +43,12 @@ pub struct Cli {
 pub enum Command {
     /// Run CMD behind the proxy; exit with CMD's status
     Run(RunArgs),
+    /// One long-lived sandbox with a control socket for `netcage exec`
+    Serve(ServeArgs),
+    /// Run CMD in the sandbox of a `netcage serve`; exit with CMD's status
+    Exec(ExecArgs),
+    /// Counters and running commands of a `netcage serve` (JSON)
+    Status(StatusArgs),
     /// Run the explicit proxy alone, for other programs (HTTPS_PROXY=http://ADDR)
     Proxy(ProxyCmdArgs),
     /// Make and examine tokens
@@ -120,6 +129,50 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Control socket to create (mode 0600; hidden inside the sandbox)
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Seconds running commands get between SIGTERM and SIGKILL when serve stops
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
+    pub grace: f64,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+fn parse_grace(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err("give a number of seconds from 0 to 3600".into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Control socket of a running `netcage serve`
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Working directory inside the sandbox [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Set a variable for CMD on top of the sandbox's environment (repeatable)
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Control socket of a running `netcage serve`
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct ProxyCmdArgs {
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -190,6 +243,9 @@ pub struct DemoArgs {
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Exec(args) => exec::exec(args),
+        Command::Status(args) => exec::status(args),
         Command::Proxy(args) => proxy::proxy(args),
         Command::Token(cmd) => token::token(cmd),
         Command::Ca(cmd) => ca::ca(cmd),

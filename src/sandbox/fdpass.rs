@@ -78,3 +78,59 @@ pub fn recv<T: DeserializeOwned>(
         .map_err(|e| std::io::Error::other(format!("malformed message: {e}")))?;
     Ok(Some((msg, fds)))
 }
+
+/// A non-blocking `SOCK_SEQPACKET` socket (a listener or a connection) driven by the tokio
+/// runtime: `netcage serve`'s control socket.
+pub struct AsyncPacket(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl AsyncPacket {
+    /// Registers `fd` (set non-blocking here) with the current runtime.
+    pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: the OwnedFd is moved in and owned by the AsyncFd until it is dropped, so the
+        // descriptor stays open, refers to the same socket, and as_raw_fd never changes.
+        unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map(AsyncPacket)
+            .map_err(std::io::Error::from)
+    }
+
+    pub fn get_ref(&self) -> &OwnedFd {
+        self.0.get_ref()
+    }
+
+    /// Accepts one connection (close-on-exec).
+    pub async fn accept(&self) -> std::io::Result<OwnedFd> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            let accepted = guard.try_io(|fd| {
+                nix::sys::socket::accept4(fd.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+                    .map_err(std::io::Error::from)
+            });
+            if let Ok(result) = accepted {
+                // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+                return result.map(|raw| unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+
+    pub async fn recv<T: DeserializeOwned>(&self) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            if let Ok(result) = guard.try_io(|fd| recv(fd.get_ref())) {
+                return result;
+            }
+        }
+    }
+
+    pub async fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.0.writable().await?;
+            if let Ok(result) = guard.try_io(|fd| send(fd.get_ref(), msg, fds)) {
+                return result;
+            }
+        }
+    }
+}

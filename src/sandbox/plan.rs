@@ -109,7 +109,8 @@ pub fn mount_plan(
 ) -> MountPlan {
     let hide_files = secret_files
         .iter()
-        .filter(|f| !f.starts_with(data_dir) && f.is_file())
+        // Files and sockets (serve's control socket); bind mounts need a non-directory.
+        .filter(|f| !f.starts_with(data_dir) && f.metadata().is_ok_and(|m| !m.is_dir()))
         .cloned()
         .collect();
     // A data dir under /run stays reachable (the command needs its public CA files); a symlink
