@@ -286,7 +286,7 @@ async fn exec(
     loop {
         tokio::select! {
             status = child.wait() => {
-                let raw = status.map(|s| std::os::unix::process::ExitStatusExt::into_raw(s)).unwrap_or(9);
+                let raw = status.map(std::os::unix::process::ExitStatusExt::into_raw).unwrap_or(9);
                 let _ = conn.send_reply(&Reply::Exited { status: raw }).await;
                 return;
             }
