@@ -1128,3 +1128,65 @@ fn root_owned_host_files_are_not_writable() {
         );
     });
 }
+
+/// The sandbox's control channel (to init and, through it, to netcage), the signalfd and the
+/// /proc descriptor init holds, and any descriptor netcage's own caller leaked to it, must not
+/// reach the command: with the control socket a command could start processes of its own
+/// choosing or read other commands' stdio.
+#[test]
+fn the_command_inherits_no_descriptor_but_its_stdio() {
+    let script = "import os\n\
+                  for fd in sorted(int(f) for f in os.listdir('/proc/self/fd')):\n\
+                  \x20   try:\n\
+                  \x20       print(fd, os.readlink('/proc/self/fd/%d' % fd))\n\
+                  \x20   except OSError:\n\
+                  \x20       pass\n";
+    for_each_mode(|mode| {
+        let fx = Fx::new(mode);
+        // The caller leaks fd 7 (not close-on-exec) to netcage; python lists what it holds.
+        let out = fx.sh(
+            &[],
+            "exec 7</etc/hostname; exec python3 -c \"$1\"",
+            &[script],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains("0 "),
+            "[{}] no listing: {}",
+            mode.name(),
+            describe(&out)
+        );
+        for line in text.lines() {
+            let (fd, target) = line.split_once(' ').unwrap_or((line, ""));
+            let fd: i32 = fd.parse().unwrap_or(-1);
+            // 0-2 are stdio, 7 is the command's own (its shell opened it); python's listing
+            // handle is a directory under /proc/<pid>.
+            let fine = fd <= 2 || fd == 7 || target.starts_with("/proc/") && target != "/proc";
+            assert!(
+                fine,
+                "ESCAPED [{}]: the command holds fd {fd} -> {target}:\n{text}",
+                mode.name()
+            );
+        }
+    });
+    // And a descriptor leaked by netcage's caller does not pass through netcage.
+    let out = run_with_timeout(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 9</etc/hostname; exec \"$@\"")
+            .arg("sh")
+            .arg(netcage_bin())
+            .args(["run", "--tier", "netns", "--data-dir"])
+            .arg(tempfile::tempdir().unwrap().path())
+            .args(["--", "python3", "-c", script]),
+        RUN_TIMEOUT,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if nix::unistd::geteuid().is_root() {
+        assert!(text.contains("0 "), "no listing: {}", describe(&out));
+        assert!(
+            !text.lines().any(|l| l.starts_with("9 ")),
+            "ESCAPED: a descriptor leaked to netcage reached the command:\n{text}"
+        );
+    }
+}
