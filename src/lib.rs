@@ -19,6 +19,7 @@
 //! opens each token ([`token`]) and checks its hosts ([`hosts`]), forwards upstream, redacts the
 //! response, and writes one [`audit`] line.
 
+#[deny(missing_docs)]
 mod api;
 pub mod audit;
 pub mod ca;

@@ -50,8 +50,11 @@ pub struct Child {
     pub exec_id: String,
     /// Its pid inside the sandbox.
     pub pid: i32,
+    /// Our end of its stdin, when it was [`Stdio::Piped`].
     pub stdin: Option<pipe::Sender>,
+    /// Our end of its stdout, when it was [`Stdio::Piped`].
     pub stdout: Option<pipe::Receiver>,
+    /// Our end of its stderr, when it was [`Stdio::Piped`].
     pub stderr: Option<pipe::Receiver>,
     id: u64,
     status: watch::Receiver<Option<ExitStatus>>,
@@ -66,6 +69,7 @@ pub struct Signaller {
 }
 
 impl Signaller {
+    /// Sends `signal` (a number, e.g. `libc::SIGTERM`) to the command.
     pub fn signal(&self, signal: i32) {
         self.execs.signal(self.id, signal);
     }
@@ -74,8 +78,11 @@ impl Signaller {
 /// What [`Child::wait_with_output`] collects.
 #[derive(Debug)]
 pub struct Output {
+    /// How the command ended.
     pub status: ExitStatus,
+    /// Everything it wrote to a piped stdout.
     pub stdout: Vec<u8>,
+    /// Everything it wrote to a piped stderr.
     pub stderr: Vec<u8>,
 }
 
@@ -94,11 +101,13 @@ impl<'a> Command<'a> {
         }
     }
 
+    /// Adds one argument.
     pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
         self.args.push(arg.as_ref().to_owned());
         self
     }
 
+    /// Adds arguments.
     pub fn args<I, S>(&mut self, args: I) -> &mut Self
     where
         I: IntoIterator<Item = S>,
@@ -109,6 +118,7 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// Sets a variable (over the sandbox's environment).
     pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
         self.env.retain(|(k, _)| k != key.as_ref());
         self.env
@@ -116,6 +126,7 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// Removes a variable.
     pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
         self.env.retain(|(k, _)| k != key.as_ref());
         self
@@ -134,16 +145,19 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// Where stdin comes from (default: this process's).
     pub fn stdin(&mut self, stdio: Stdio) -> &mut Self {
         self.stdio[0] = stdio;
         self
     }
 
+    /// Where stdout goes (default: this process's).
     pub fn stdout(&mut self, stdio: Stdio) -> &mut Self {
         self.stdio[1] = stdio;
         self
     }
 
+    /// Where stderr goes (default: this process's).
     pub fn stderr(&mut self, stdio: Stdio) -> &mut Self {
         self.stdio[2] = stdio;
         self

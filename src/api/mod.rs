@@ -97,6 +97,8 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// A builder with the defaults: data dir `.starpod/db`, its key (or a fresh one), no
+    /// policy restrictions, no audit log, this process's environment for the commands.
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder {
             data_dir: PathBuf::from(".starpod/db"),
@@ -205,6 +207,7 @@ impl SandboxBuilder {
         self
     }
 
+    /// The egress policy (`netcage.toml`, DESIGN §6); default: allow every host.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
@@ -342,7 +345,9 @@ impl SandboxBuilder {
 
 /// What `start` has resolved; also how the CLI starts a sandbox from its own configuration.
 pub struct Started {
+    /// The proxy's configuration (key, policy, pins, CAs, audit log).
     pub cfg: ProxyConfig,
+    /// The data dir: hidden from the commands but for the public CA files.
     pub data_dir: PathBuf,
     /// Files covered inside the sandbox (key file, audit log, control socket).
     pub hide: Vec<PathBuf>,
@@ -350,7 +355,9 @@ pub struct Started {
     pub base_env: Vec<(OsString, OsString)>,
     /// Variables that hold tokens.
     pub sealed: Vec<(String, String)>,
+    /// The netcage binary that runs the sandbox side.
     pub netcage: PathBuf,
+    /// Exec ids are `PREFIX-N`.
     pub prefix: String,
 }
 
