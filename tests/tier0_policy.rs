@@ -86,6 +86,8 @@ fn strip_mode_forwards_the_request_without_the_token_or_the_value() {
         .collect();
     assert_eq!(actions, ["strip"; 3], "{line}");
     assert_eq!(line["decision"], "allow", "{line}");
+    // The line names the run that made the request.
+    assert!(field(&line, "exec").starts_with("run-"), "{line}");
 }
 
 #[test]
