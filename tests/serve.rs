@@ -1132,7 +1132,6 @@ fn signals_to_the_exec_client_reach_the_command() {
 /// under `nohup`) must not pass that on: commands start with default dispositions, so the
 /// SIGINT that `netcage exec` forwards (Ctrl-C) still stops them.
 #[test]
-#[ignore = "bug: commands inherit SIG_IGN dispositions from serve's parent (holder/init never reset them)"]
 fn commands_do_not_inherit_signals_ignored_by_serve() {
     for_each_mode(|mode| {
         let ca = TestCa::new();
@@ -1169,7 +1168,6 @@ fn commands_do_not_inherit_signals_ignored_by_serve() {
 /// A relative `--cwd` is relative to the caller's working directory (like `cd DIR`), not
 /// to the directory serve was started in.
 #[test]
-#[ignore = "bug: a relative --cwd is resolved against serve's working directory, not the caller's"]
 fn a_relative_cwd_is_relative_to_the_caller() {
     for_each_mode(|mode| {
         let serve = Serve::start(mode, "5", &[]);
@@ -1254,7 +1252,6 @@ fn the_socket_path_is_claimed_safely() {
 /// The audit line of a request names its exec even when the process that made it left the
 /// exec's session (`setsid`), while other execs run.
 #[test]
-#[ignore = "bug: attribution goes by session id; a process that calls setsid() is no longer named"]
 fn a_request_from_a_setsid_child_still_names_its_exec() {
     for_each_mode(|mode| {
         let serve = Serve::start(mode, "5", &[]);

@@ -36,9 +36,12 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         }
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
-    let cwd = match &args.cwd {
-        Some(dir) => Some(dir.clone()),
-        None => std::env::current_dir().ok(),
+    // Relative to the caller's directory, not serve's.
+    let here = std::env::current_dir().ok();
+    let cwd = match (&args.cwd, &here) {
+        (Some(dir), Some(here)) => Some(here.join(dir)),
+        (Some(dir), None) => Some(dir.clone()),
+        (None, here) => here.clone(),
     };
     let mut signals = SigSet::empty();
     for sig in FORWARDED {

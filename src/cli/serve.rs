@@ -175,6 +175,11 @@ async fn run(
         while conns.join_next().await.is_some() {}
     })
     .await;
+    if why == "the sandbox died" {
+        return Err(anyhow!(
+            "the sandbox died (its processes were killed from outside?); serve stopped"
+        ));
+    }
     Ok(0)
 }
 

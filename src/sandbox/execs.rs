@@ -198,9 +198,9 @@ impl Execs {
             }
         }
         // More than one: find the process that holds the socket.
-        let session = self.owners.session_of(peer, proto)?;
+        let lineage = self.owners.lineage_of(peer, proto);
         let state = self.lock();
-        let id = state.by_pid.get(&session)?;
+        let id = lineage.iter().find_map(|pid| state.by_pid.get(pid))?;
         state.running.get(id).map(|i| i.exec.clone())
     }
 }

@@ -357,6 +357,7 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
         cmd.current_dir(cwd);
     }
     let new_session = req.new_session;
+    let rtmax = nix::libc::SIGRTMAX();
     // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
     // only changes that process's own signal mask, session, capabilities and prctl flags.
     unsafe {
@@ -367,6 +368,14 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             if new_session {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+                // Signals ignored by whoever started serve (nohup, `&` in a script) are not
+                // the command's: exec's forwarded SIGINT/SIGHUP must work. (`run` keeps them,
+                // so `nohup netcage run …` means what it says.)
+                for sig in 1..=rtmax {
+                    if sig != nix::libc::SIGKILL && sig != nix::libc::SIGSTOP {
+                        nix::libc::signal(sig, nix::libc::SIG_DFL);
+                    }
+                }
             }
             super::caps::drop_all()?;
             Ok(())

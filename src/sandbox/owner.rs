@@ -32,9 +32,39 @@ impl Owners {
         ))
     }
 
-    /// The session id (in the sandbox's pid namespace) of a process holding the socket whose
-    /// local address is `peer`.
-    pub fn session_of(&self, peer: SocketAddr, proto: Proto) -> Option<i32> {
+    /// A process holding the socket whose local address is `peer`, then its ancestors (pids
+    /// in the sandbox's namespace), and last its session id: an exec is the first of these
+    /// that is an exec's pid (a `setsid` child still has its exec as an ancestor; an orphan
+    /// still has its session).
+    pub fn lineage_of(&self, peer: SocketAddr, proto: Proto) -> Vec<i32> {
+        let Some(pid) = self.holder_of(peer, proto) else {
+            return Vec::new();
+        };
+        let mut lineage = vec![pid];
+        let mut session = None;
+        let mut current = pid;
+        for _ in 0..64 {
+            let Ok(stat) = std::fs::read_to_string(self.path(&format!("{current}/stat"))) else {
+                break;
+            };
+            if session.is_none() {
+                session = session_from_stat(&stat);
+            }
+            match ppid_from_stat(&stat) {
+                Some(ppid) if ppid > 1 => {
+                    lineage.push(ppid);
+                    current = ppid;
+                }
+                _ => break,
+            }
+        }
+        lineage.extend(session);
+        lineage
+    }
+
+    /// The pid (in the sandbox's namespace) of a process holding the socket whose local
+    /// address is `peer`.
+    fn holder_of(&self, peer: SocketAddr, proto: Proto) -> Option<i32> {
         let inode = self.inode_of(peer, proto)?;
         let wanted = format!("socket:[{inode}]");
         let dir = std::fs::read_dir(self.path("")).ok()?;
@@ -54,8 +84,7 @@ impl Owners {
                     .is_ok_and(|target| target.as_os_str() == wanted.as_str())
             });
             if holds {
-                let stat = std::fs::read_to_string(self.path(&format!("{pid}/stat"))).ok()?;
-                return session_from_stat(&stat);
+                return pid.parse().ok();
             }
         }
         None
@@ -103,8 +132,18 @@ fn hex_addr(ip: IpAddr) -> String {
 
 /// Field 6 of `/proc/PID/stat` (after the parenthesised command name, which may hold spaces).
 fn session_from_stat(stat: &str) -> Option<i32> {
+    stat_field(stat, 3)
+}
+
+/// Field 4 of `/proc/PID/stat`: the parent pid.
+fn ppid_from_stat(stat: &str) -> Option<i32> {
+    stat_field(stat, 1)
+}
+
+/// The `n`th field after the command name (0 = state).
+fn stat_field(stat: &str, n: usize) -> Option<i32> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(3)?.parse().ok()
+    rest.split_whitespace().nth(n)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -142,5 +181,6 @@ mod tests {
     fn session_field_survives_spaces_and_parens_in_the_name() {
         let stat = "42 (my (odd) name) S 1 42 40 0 -1 4194560";
         assert_eq!(session_from_stat(stat), Some(40));
+        assert_eq!(ppid_from_stat(stat), Some(1));
     }
 }
