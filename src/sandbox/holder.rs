@@ -358,6 +358,7 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
     }
     let new_session = req.new_session;
     let rtmax = nix::libc::SIGRTMAX();
+    let seccomp = super::seccomp::filter()?;
     // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
     // only changes that process's own signal mask, session, capabilities and prctl flags.
     unsafe {
@@ -378,6 +379,8 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
                 }
             }
             super::caps::drop_all()?;
+            // After no_new_privs (drop_all), which an unprivileged filter needs.
+            super::seccomp::apply(&seccomp)?;
             Ok(())
         });
     }

@@ -20,3 +20,4 @@ mod nft;
 pub mod owner;
 pub mod plan;
 pub mod process;
+mod seccomp;
