@@ -18,6 +18,8 @@ use seccompiler::{
 const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 
 /// Builds the filter (before fork: this allocates).
+// The ioctl request type is u64 on glibc targets but not on every libc.
+#[allow(clippy::unnecessary_cast)]
 pub fn filter() -> Result<BpfProgram, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| format!("no seccomp filter for {}", std::env::consts::ARCH))?;
