@@ -1272,3 +1272,67 @@ fn a_request_from_a_setsid_child_still_names_its_exec() {
         );
     });
 }
+
+/// A command in another netcage sandbox (which does see serve's socket: only serve's own
+/// sandbox hides it) must not drive serve — that would run commands with serve's tokens and
+/// policy. It speaks the protocol itself, so the refusal is serve's, not its client's; and
+/// netcage's own client refuses to talk to a socket served from inside a sandbox.
+#[test]
+fn a_command_in_another_sandbox_cannot_use_the_socket() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root for a second sandbox next to serve");
+        return;
+    }
+    let serve = Serve::start(Mode::Root, "5", &[]);
+    let drop_dir = serve.env.path("drop");
+    std::fs::create_dir(&drop_dir).unwrap();
+    let marker = drop_dir.join("ran");
+    // Request::Exec { argv: [sh, -c, "touch MARKER"], env: [], cwd: None, stdio: [false; 3] }
+    // in postcard: variant 0, lengths as one-byte varints.
+    let script = "import socket, sys\n\
+                  def b(x): return bytes([len(x)]) + x\n\
+                  line = b'touch ' + sys.argv[2].encode()\n\
+                  msg = b'\\x00\\x03' + b(b'sh') + b(b'-c') + b(line) + b'\\x00\\x00\\x00\\x00\\x00'\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+                  s.connect(sys.argv[1])\n\
+                  s.send(msg)\n\
+                  print('REPLY', s.recv(4096))\n";
+    let sandbox_data = serve.env.path("other-db");
+    std::fs::create_dir(&sandbox_data).unwrap();
+    let mut cmd = Command::new(netcage_bin());
+    cmd.args(["run", "--tier", "netns", "--data-dir"])
+        .arg(&sandbox_data)
+        .args(["--", "python3", "-c", script])
+        .arg(&serve.socket)
+        .arg(&marker);
+    let out = run_with_timeout(&mut cmd, TIMEOUT);
+    let text = stdout_str(&out);
+    assert!(text.contains("REPLY"), "no reply: {}", describe(&out));
+    assert!(
+        text.contains("outside any netcage sandbox"),
+        "serve did not refuse the other sandbox: {}",
+        describe(&out)
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marker.exists(),
+        "ESCAPED: a command of another sandbox ran in serve's"
+    );
+    // netcage's own client, inside another sandbox, refuses too.
+    let mut cmd = Command::new(netcage_bin());
+    cmd.args(["run", "--tier", "netns", "--data-dir"])
+        .arg(&sandbox_data)
+        .arg("--")
+        .arg(netcage_bin())
+        .args(["exec", "--socket"])
+        .arg(&serve.socket)
+        .args(["--", "touch"])
+        .arg(&marker);
+    let out = run_with_timeout(&mut cmd, TIMEOUT);
+    assert!(!out.status.success(), "{}", describe(&out));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marker.exists(),
+        "ESCAPED: netcage exec from another sandbox ran a command"
+    );
+}

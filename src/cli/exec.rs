@@ -66,23 +66,32 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     fdpass::send(&*sock, &request, &raw)
         .with_context(|| format!("cannot send the command to {}", args.socket.display()))?;
     drop(own);
-    match fdpass::recv::<Reply>(&*sock) {
-        Ok(Some((Reply::Started { .. }, _))) => {}
-        Ok(Some((Reply::Refused(why), _))) => bail!("{why}"),
-        Ok(_) => bail!("netcage serve closed the connection before starting the command"),
-        Err(e) => bail!("reading from netcage serve: {e}"),
-    }
+    // A signal before the command runs ends this client at once (serve then kills the command
+    // when it starts, finding nobody to report to); after that, signals are passed on.
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forward = sock.clone();
+    let running = started.clone();
     std::thread::Builder::new()
         .name("netcage-signals".into())
         .spawn(move || {
             loop {
                 if let Ok(sig) = signals.wait() {
+                    if !running.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::process::exit(128 + sig as i32);
+                    }
                     let _ = fdpass::send(&*forward, &Request::Signal(sig as i32), &[]);
                 }
             }
         })
         .context("cannot start the signal thread")?;
+    match fdpass::recv::<Reply>(&*sock) {
+        Ok(Some((Reply::Started { .. }, _))) => {
+            started.store(true, std::sync::atomic::Ordering::SeqCst)
+        }
+        Ok(Some((Reply::Refused(why), _))) => bail!("{why}"),
+        Ok(_) => bail!("netcage serve closed the connection before starting the command"),
+        Err(e) => bail!("reading from netcage serve: {e}"),
+    }
     loop {
         match fdpass::recv::<Reply>(&*sock) {
             Ok(Some((Reply::Exited { status }, _))) => {

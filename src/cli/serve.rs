@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,7 +109,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<OwnedFd> {
     .context("socket")?;
     let addr = UnixAddr::new(path)
         .map_err(|e| input_error(format!("--socket {}: {e}", path.display())))?;
-    // No moment in which others could connect: created 0600 under a tight umask.
+    // Created 0600 by the umask (no chmod afterwards: it would follow a symlink swapped in).
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = bind(sock.as_raw_fd(), &addr);
     nix::sys::stat::umask(old);
@@ -119,8 +119,6 @@ fn bind_socket(path: &Path) -> anyhow::Result<OwnedFd> {
             path.display()
         ))
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 600 {}", path.display()))?;
     listen(&sock, Backlog::new(128).unwrap_or(Backlog::MAXCONN)).context("listen")?;
     Ok(sock)
 }
@@ -188,25 +186,37 @@ async fn handle(shared: Arc<Shared>, fd: OwnedFd) {
     let Ok(conn) = AsyncPacket::new(fd) else {
         return;
     };
+    // The peer must be outside every sandbox (see wire::peer_not_deeper).
     let uid = creds.map(|c| c.uid());
-    let allowed = matches!(uid, Some(u) if u == shared.owner || u == 0);
+    let outside = super::wire::peer_not_deeper(conn.get_ref());
+    let allowed = outside && matches!(uid, Some(u) if u == shared.owner || u == 0);
     let Ok(Some((request, fds))) = conn.recv::<Request>().await else {
         return;
     };
     if !allowed {
         let who = uid.map_or("an unknown user".to_owned(), |u| format!("uid {u}"));
+        let (reason, reply) = if outside {
+            (
+                format!(
+                    "{who} may not use the control socket (only uid {} and root may)",
+                    shared.owner
+                ),
+                format!(
+                    "permission denied: only uid {} (the user running netcage serve) or root may use this socket",
+                    shared.owner
+                ),
+            )
+        } else {
+            (
+                format!("{who} called from another network namespace (a sandbox)"),
+                "permission denied: this socket may only be used from outside any netcage sandbox"
+                    .to_owned(),
+            )
+        };
         let mut event = Event::new("exec", "block");
-        event.reason = Some(format!(
-            "{who} may not use the control socket (only uid {} and root may)",
-            shared.owner
-        ));
+        event.reason = Some(reason);
         shared.sandbox.proxy().audit().log(event);
-        let _ = conn
-            .send_reply(&Reply::Refused(format!(
-                "permission denied: only uid {} (the user running netcage serve) or root may use this socket",
-                shared.owner
-            )))
-            .await;
+        let _ = conn.send_reply(&Reply::Refused(reply)).await;
         return;
     }
     match request {

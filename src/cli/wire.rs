@@ -36,6 +36,36 @@ pub enum Reply {
     Status(String),
 }
 
+/// Whether the process at the other end of `sock` is no deeper in the pid-namespace tree than
+/// this one. A command in any netcage sandbox is deeper (the sandbox's own pid namespace): it
+/// must neither drive a serve (running commands with that sandbox's tokens and policy) nor
+/// pose as one (receiving a caller's command line, environment and terminal). Read from
+/// `/proc/PID/status` (`NSpid`), which stays readable across users and for non-dumpable
+/// processes, unlike `/proc/PID/ns/*`.
+pub fn peer_not_deeper(sock: &OwnedFd) -> bool {
+    let Ok(creds) = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return false;
+    };
+    if creds.pid() <= 0 {
+        return false;
+    }
+    let depth = |path: &str| {
+        std::fs::read_to_string(path).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|ids| ids.split_whitespace().count())
+        })
+    };
+    match (
+        depth("/proc/self/status"),
+        depth(&format!("/proc/{}/status", creds.pid())),
+    ) {
+        (Some(ours), Some(theirs)) => theirs <= ours,
+        _ => false,
+    }
+}
+
 /// Connects to a serve socket, with an error that says what to do.
 pub fn connect_to(path: &Path) -> anyhow::Result<OwnedFd> {
     let sock = socket(
@@ -47,7 +77,18 @@ pub fn connect_to(path: &Path) -> anyhow::Result<OwnedFd> {
     .map_err(|e| anyhow::anyhow!("socket: {e}"))?;
     let addr = UnixAddr::new(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     match connect(sock.as_raw_fd(), &addr) {
-        Ok(()) => Ok(sock),
+        Ok(()) => {
+            // The server's uid is checked by the server's side of things (its socket mode);
+            // what a caller must not do is hand its command line, environment and terminal
+            // to a process inside a sandbox that put a socket at this path.
+            if !peer_not_deeper(&sock) {
+                return Err(anyhow::anyhow!(
+                    "{} is served from inside a netcage sandbox, not by netcage serve; refusing to send it a command",
+                    path.display()
+                ));
+            }
+            Ok(sock)
+        }
         Err(nix::errno::Errno::ENOENT) => Err(anyhow::anyhow!(
             "no netcage serve at {}: start one with `netcage serve --socket {}`",
             path.display(),

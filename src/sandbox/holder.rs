@@ -187,6 +187,7 @@ fn init(sock: OwnedFd) -> i32 {
         sock,
         sigfd,
         running: HashMap::new(),
+        starting: Vec::new(),
     };
     init.serve()
 }
@@ -197,26 +198,50 @@ struct Running {
     group: bool,
 }
 
+/// A forked command that has not exec'd yet: its status pipe (close-on-exec) reaches EOF at
+/// exec, or carries the error. init never waits for it — a command could stop the child
+/// (SIGSTOP, same uid) before it execs, and a blocked init would outlive netcage.
+struct Starting {
+    id: u64,
+    pid: Pid,
+    group: bool,
+    status: OwnedFd,
+}
+
 struct Init {
     sock: OwnedFd,
     sigfd: SignalFd,
     running: HashMap<Pid, Running>,
+    starting: Vec<Starting>,
 }
 
 impl Init {
     fn serve(&mut self) -> i32 {
         loop {
-            let (sock_ready, sig_ready) = {
-                let mut fds = [
+            let (sock_ready, sig_ready, started) = {
+                let mut fds = vec![
                     PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                 ];
+                for s in &self.starting {
+                    fds.push(PollFd::new(s.status.as_fd(), PollFlags::POLLIN));
+                }
                 if poll(&mut fds, PollTimeout::NONE).is_err() {
                     continue;
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let started: Vec<Pid> = fds[2..]
+                    .iter()
+                    .zip(&self.starting)
+                    .filter(|(f, _)| ready(f))
+                    .map(|(_, s)| s.pid)
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), started)
             };
+            // Exec outcomes before exits: a command that ran and ended is Started, then Exited.
+            for pid in started {
+                self.resolve(pid);
+            }
             if sig_ready {
                 self.reap();
             }
@@ -236,15 +261,44 @@ impl Init {
 
     fn spawn(&mut self, req: Spawn, fds: Vec<OwnedFd>) {
         let id = req.id;
-        let reply = match start(req, fds) {
-            Ok((pid, group)) => {
-                self.running.insert(pid, Running { id, group });
-                FromSandbox::Started {
-                    id,
-                    pid: pid.as_raw(),
-                }
+        match start(req, fds) {
+            Ok((pid, group, status)) => self.starting.push(Starting {
+                id,
+                pid,
+                group,
+                status,
+            }),
+            Err(error) => {
+                let _ = fdpass::send(&self.sock, &FromSandbox::SpawnFailed { id, error }, &[]);
             }
-            Err(error) => FromSandbox::SpawnFailed { id, error },
+        }
+    }
+
+    /// The exec of `pid` has an outcome (its status pipe is readable): Started or SpawnFailed.
+    fn resolve(&mut self, pid: Pid) {
+        let Some(i) = self.starting.iter().position(|s| s.pid == pid) else {
+            return;
+        };
+        let s = self.starting.swap_remove(i);
+        let mut buf = [0u8; 1024];
+        let n = nix::unistd::read(&s.status, &mut buf).unwrap_or(0);
+        let reply = if n == 0 {
+            self.running.insert(
+                s.pid,
+                Running {
+                    id: s.id,
+                    group: s.group,
+                },
+            );
+            FromSandbox::Started {
+                id: s.id,
+                pid: s.pid.as_raw(),
+            }
+        } else {
+            FromSandbox::SpawnFailed {
+                id: s.id,
+                error: String::from_utf8_lossy(&buf[..n]).into_owned(),
+            }
         };
         let _ = fdpass::send(&self.sock, &reply, &[]);
     }
@@ -282,6 +336,8 @@ impl Init {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
+            // Its exit closed the status pipe: the outcome of its exec is readable now.
+            self.resolve(pid);
             if let Some(running) = self.running.remove(&pid) {
                 let _ = fdpass::send(
                     &self.sock,
@@ -322,8 +378,9 @@ impl Init {
     }
 }
 
-/// Forks and execs one command; returns its pid and whether it leads a process group.
-fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
+/// Forks one command, which execs on its own; returns its pid, whether it leads a process
+/// group, and its status pipe (EOF at exec, or the error).
+fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool, OwnedFd), String> {
     let program = req.program();
     let mut fds = fds.into_iter();
     let mut stdio = Vec::with_capacity(3);
@@ -384,9 +441,25 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool), String> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.to_string_lossy()))?;
-    // The Child is dropped without waiting: init reaps every process with waitpid(-1).
-    Ok((Pid::from_raw(child.id() as i32), new_session))
+    let (status_read, status_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: init is single-threaded, so the child may allocate; it only execs (through
+    // std's exec, which runs the pre_exec hook above) or reports why it could not and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(status_read);
+            let err = cmd.exec();
+            let msg = format!("cannot start {}: {err}", program.to_string_lossy());
+            let _ = nix::unistd::write(&status_write, msg.as_bytes());
+            // SAFETY: ends the forked child without init's atexit handlers.
+            unsafe { nix::libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(status_write);
+            // The command's stdio descriptors (in `cmd`) close here; the child has its own.
+            drop(cmd);
+            Ok((child, new_session, status_read))
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
 }

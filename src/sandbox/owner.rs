@@ -68,6 +68,9 @@ impl Owners {
         let inode = self.inode_of(peer, proto)?;
         let wanted = format!("socket:[{inode}]");
         let dir = std::fs::read_dir(self.path("")).ok()?;
+        // A command holding hundreds of thousands of descriptors must not make every new
+        // connection wait: past this many, the connection goes unattributed.
+        let mut budget: usize = 20_000;
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(pid) = name
@@ -80,9 +83,14 @@ impl Owners {
                 continue;
             };
             let holds = fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path())
-                    .is_ok_and(|target| target.as_os_str() == wanted.as_str())
+                budget = budget.saturating_sub(1);
+                budget > 0
+                    && std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.as_os_str() == wanted.as_str())
             });
+            if budget == 0 {
+                return None;
+            }
             if holds {
                 return pid.parse().ok();
             }
@@ -98,7 +106,16 @@ impl Owners {
             (Proto::Udp, IpAddr::V6(_)) => "udp6",
         };
         let text = std::fs::read_to_string(self.path(&format!("1/net/{table}"))).ok()?;
-        inode_in_table(&text, peer)
+        inode_in_table(&text, peer).or_else(|| {
+            // An unconnected UDP socket (a resolver's) is bound to the wildcard address.
+            let any: IpAddr = match peer.ip() {
+                IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            (proto == Proto::Udp)
+                .then(|| inode_in_table(&text, SocketAddr::new(any, peer.port())))
+                .flatten()
+        })
     }
 }
 
