@@ -220,7 +220,7 @@ impl<'a> Command<'a> {
                 theirs.push(fd);
             }
         }
-        let command = command_line(&self.program, &self.args);
+        let command = crate::sandbox::execs::command_line(&spawn);
         let started = self
             .sandbox
             .execs
@@ -297,18 +297,6 @@ fn dup_own(fd: RawFd) -> Option<OwnedFd> {
         0 => std::io::stdin().as_fd().try_clone_to_owned().ok(),
         1 => std::io::stdout().as_fd().try_clone_to_owned().ok(),
         _ => std::io::stderr().as_fd().try_clone_to_owned().ok(),
-    }
-}
-
-fn command_line(program: &OsStr, args: &[OsString]) -> String {
-    let mut line = program.to_string_lossy().into_owned();
-    for a in args {
-        line.push(' ');
-        line.push_str(&a.to_string_lossy());
-    }
-    match line.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line,
     }
 }
 

@@ -205,7 +205,8 @@ impl Execs {
     }
 }
 
-fn command_line(spawn: &Spawn) -> String {
+/// The command line as `status` and the audit log show it (cut at 200 characters).
+pub fn command_line(spawn: &Spawn) -> String {
     let mut words = vec![String::from_utf8_lossy(&spawn.program).into_owned()];
     words.extend(
         spawn
