@@ -266,20 +266,7 @@ impl Serve {
 
     /// Waits until an audit line satisfies `pred`; returns it.
     fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = self.audit_lines();
-            if let Some(hit) = lines.iter().find(|l| pred(l)) {
-                return hit.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "[{}] no audit line for {what} within {WAIT:?}; the log has:\n{}",
-                self.mode.name(),
-                dump(&lines)
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        tier1_support::wait_audit(&self.audit, self.mode, WAIT, what, pred)
     }
 
     /// Sends SIGTERM to serve; returns its exit status and how long it took to exit.

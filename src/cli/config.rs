@@ -164,6 +164,30 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     })
 }
 
+/// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and
+/// audit log hidden (plus `also_hide`, e.g. serve's socket), netcage's environment with the
+/// sealed tokens, this binary as the holder, exec ids `PREFIX-N`.
+pub fn sandbox_config(
+    key: &KeyArgs,
+    resolved: Resolved,
+    also_hide: Option<PathBuf>,
+    prefix: &str,
+) -> netcage::Started {
+    let hide = [Some(key_path(key)), resolved.audit_path.clone(), also_hide]
+        .into_iter()
+        .flatten()
+        .collect();
+    netcage::Started {
+        cfg: resolved.proxy,
+        data_dir: key.data_dir.clone(),
+        hide,
+        base_env: std::env::vars_os().collect(),
+        sealed: resolved.sealed_env,
+        netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+        prefix: prefix.into(),
+    }
+}
+
 /// The environment the child starts with: netcage's own, sealed names replaced by tokens.
 pub fn child_env(sealed: &[(String, String)]) -> Vec<(OsString, OsString)> {
     std::env::vars_os()

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use std::time::Duration;
 
-use netcage::Started;
 use netcage::ca;
 use netcage::proxy::{Proxy, serve_explicit};
 use netcage::sandbox::{detect, process};
 use nix::sys::signal::{SigSet, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{Resolved, child_env, key_path, resolve};
+use super::config::{Resolved, child_env, resolve, sandbox_config};
 
 /// Signals passed on to the command. SIGINT/SIGQUIT come from the terminal to the whole
 /// process group, the command included, so they are not passed on a second time.
@@ -53,7 +52,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let signals = netcage_signals();
     signals.thread_block().context("cannot block signals")?;
     let learn = resolved.learn.clone();
-    let started = sandbox_config(&args, resolved);
+    let started = sandbox_config(&args.key, resolved, None, "run");
     let launched = started.launch();
     match (launched, args.tier) {
         (Ok(launched), _) => {
@@ -107,23 +106,6 @@ fn netcage_signals() -> SigSet {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGQUIT);
     set
-}
-
-/// What the Tier 1 sandbox needs: the data dir and key/audit files hidden, the environment.
-fn sandbox_config(args: &RunArgs, resolved: Resolved) -> Started {
-    let hide = [Some(key_path(&args.key)), resolved.audit_path.clone()]
-        .into_iter()
-        .flatten()
-        .collect();
-    Started {
-        cfg: resolved.proxy,
-        data_dir: args.key.data_dir.clone(),
-        hide,
-        base_env: std::env::vars_os().collect(),
-        sealed: resolved.sealed_env,
-        netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
-        prefix: "run".into(),
-    }
 }
 
 /// Tier 1, once the sandbox is up: the command with netcage's stdin/stdout/stderr, in its

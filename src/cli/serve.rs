@@ -13,13 +13,13 @@ use anyhow::{Context, anyhow};
 use netcage::audit::Event;
 use netcage::sandbox::fdpass::AsyncPacket;
 use netcage::sandbox::{detect, process};
-use netcage::{Sandbox, Started, Stdio};
+use netcage::{Sandbox, Stdio};
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, getsockopt, listen, socket, sockopt,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{key_path, resolve};
+use super::config::{resolve, sandbox_config};
 use super::wire::{Reply, Request};
 use super::{ServeArgs, input_error};
 
@@ -30,23 +30,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let learn = resolved.learn.clone();
     let listener = bind_socket(&args.socket)?;
     let socket_path = std::fs::canonicalize(&args.socket).unwrap_or(args.socket.clone());
-    let hide = [
-        Some(key_path(&args.key)),
-        resolved.audit_path.clone(),
-        Some(socket_path.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let started = Started {
-        cfg: resolved.proxy,
-        data_dir: args.key.data_dir.clone(),
-        hide,
-        base_env: std::env::vars_os().collect(),
-        sealed: resolved.sealed_env,
-        netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
-        prefix: "exec".into(),
-    };
+    let started = sandbox_config(&args.key, resolved, Some(socket_path.clone()), "exec");
     let result = match started.launch() {
         Ok(launched) => {
             let how = if detect::quick().0 {

@@ -365,24 +365,7 @@ impl Fx {
 
     /// Waits until an audit line satisfies `pred`; returns it.
     pub fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = self.audit_lines();
-            if let Some(hit) = lines.iter().find(|l| pred(l)) {
-                return hit.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "[{}] no audit line for {what} within {WAIT:?}; the log has:\n{}",
-                self.mode.name(),
-                lines
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_audit(&self.audit, self.mode, WAIT, what, pred)
     }
 
     /// Recorded requests that carry the real value anywhere.
@@ -396,6 +379,35 @@ impl Fx {
 }
 
 /// Every line of a JSONL audit file, parsed (a line that is not JSON fails the test).
+/// Waits (up to `wait`) until a line of the audit log at `path` satisfies `pred`; returns
+/// it, or fails naming `what` and showing the log.
+pub fn wait_audit(
+    path: &Path,
+    mode: Mode,
+    wait: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let lines = read_audit(path);
+        if let Some(hit) = lines.iter().find(|l| pred(l)) {
+            return hit.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "[{}] no audit line for {what} within {wait:?}; the log has:\n{}",
+            mode.name(),
+            lines
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn read_audit(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
