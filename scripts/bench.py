@@ -138,6 +138,18 @@ def tree_pids(pid):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of pid and its descendants, seconds."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid):
     """VmRSS of pid and its descendants, MiB."""
     total = 0
@@ -528,9 +540,15 @@ def measure_workloads(b, rounds, duration):
                 unsupported[v] = r.get("first_error") or "no request completed"
                 log(f"  {v}: not measured: {unsupported[v]}")
                 names.remove(v)
+        procs = b.proxies()
         for i in range(rounds):
             for v in names:
+                proc = procs.get(v)
+                cpu0 = cpu_seconds(proc.pid) if proc else None
                 r = b.loadgen(v, [*extra, "-d", str(duration)], url, token=token)
+                if proc and r.get("requests"):
+                    # The proxy's own CPU per request: steadier than req/s on a busy machine.
+                    r["proxy_cpu_us"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / r["requests"]
                 per[v].append(r)
                 if r.get("errors"):
                     log(f"  {v} round {i + 1}: {r.get('errors')} errors: {r.get('first_error')}")
@@ -543,6 +561,7 @@ def measure_workloads(b, rounds, duration):
                 "value": median([r.get(metric) for r in ok]),
                 "p50_us": median([r.get("p50_us") for r in ok]),
                 "p99_us": median([r.get("p99_us") for r in ok]),
+                "proxy_cpu_us": median([r.get("proxy_cpu_us") for r in ok]),
                 "errors": sum(r.get("errors", 0) for r in rs),
             }
             ratios, added = [], []
@@ -734,6 +753,12 @@ def markdown(meta, results, rss, startup, targets, variants, skipped):
                         s += f" ({cell['added_p50_us']:+,.0f})"
                     cells.append(s)
                 L.append(f"| | {q.split('_')[0]} µs | " + " | ".join(cells) + " |")
+        if any(w.get(c, {}).get("proxy_cpu_us") is not None for c in cols):
+            cells = []
+            for c in cols:
+                cpu = w.get(c, {}).get("proxy_cpu_us")
+                cells.append("—" if cpu is None else f"{cpu:,.1f}")
+            L.append("| | proxy CPU µs/req | " + " | ".join(cells) + " |")
     if rss:
         for key, what in (("idle_mib", "proxy RSS, idle"),
                           ("loaded_mib", "proxy RSS, 1,000 keep-alive conns"),
