@@ -160,6 +160,8 @@ impl Sandbox {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+        let proxy = self.proxy.clone();
+        let _ = tokio::task::spawn_blocking(move || proxy.shutdown()).await;
         // Its last read picks up packets dropped just before the end.
         let nflog = lock(&self.nflog).take();
         if let Some((stop, thread)) = nflog {
@@ -174,6 +176,8 @@ impl Drop for Sandbox {
         for task in lock(&self.tasks).iter() {
             task.abort();
         }
+        // Connections still open end now (each queues its audit line).
+        self.proxy.shutdown();
         // Closing the stop pipe ends the NFLOG reader.
         lock(&self.nflog).take();
         // init kills everything on a shutdown with no grace; reap the holder on a thread of

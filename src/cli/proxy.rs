@@ -31,7 +31,7 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
             bundle.display()
         );
         tokio::select! {
-            _ = serve_explicit(proxy, listener) => {}
+            _ = serve_explicit(proxy.clone(), listener) => {}
             _ = tokio::signal::ctrl_c() => {}
             _ = async {
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -40,6 +40,7 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
                 }
             } => {}
         }
+        proxy.shutdown();
         Ok(0)
     });
     drop(runtime);

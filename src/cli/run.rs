@@ -189,8 +189,10 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot start {}", args.command[0].to_string_lossy()))?;
     let pid = child.id().unwrap_or(0);
     let wait = tokio::spawn(async move { child.wait().await.map(exit_code).unwrap_or(1) });
-    let code = forward_signals_until(pid, wait).await?;
-    Ok(code.clamp(0, 255) as u8)
+    let code = forward_signals_until(pid, wait).await;
+    // Connections still open end now (each queues its audit line).
+    proxy.shutdown();
+    Ok(code?.clamp(0, 255) as u8)
 }
 
 /// Passes SIGTERM, SIGHUP, SIGUSR1, SIGUSR2 on to `pid` until `wait` yields the exit code.

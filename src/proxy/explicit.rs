@@ -21,8 +21,8 @@ pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(handle_conn(proxy.clone(), stream, client));
+                let served = proxy.clone();
+                proxy.hand_off(stream, move |stream| handle_conn(served, stream, client));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }

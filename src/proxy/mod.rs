@@ -12,6 +12,7 @@
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
 //! io.rs        a stream with bytes already read put back in front
+//! workers.rs   the proxy's threads: one single-threaded runtime per core, connections pinned
 //! ```
 
 mod body;
@@ -25,6 +26,7 @@ mod tls;
 mod transparent;
 mod tunnel;
 mod upstream;
+mod workers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +60,7 @@ pub struct Proxy {
     pub(crate) upstream: upstream::Upstream,
     pub(crate) tls: tls::Interceptor,
     attribution: OnceLock<Attribution>,
+    workers: workers::Workers,
 }
 
 /// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
@@ -72,15 +75,46 @@ impl Proxy {
         &self.cfg.audit
     }
 
+    /// Builds the proxy and starts its threads (one per core; see `workers.rs`). The accept
+    /// loops ([`serve_explicit`], [`serve_transparent`]) run on the caller's tokio runtime
+    /// and hand each connection to those threads.
     pub fn new(cfg: ProxyConfig) -> Result<Arc<Proxy>, ProxyError> {
-        let upstream = upstream::Upstream::new(&cfg)?;
+        let workers = workers::Workers::start()
+            .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
+        let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
         Ok(Arc::new(Proxy {
             cfg,
             upstream,
             tls,
             attribution: OnceLock::new(),
+            workers,
         }))
+    }
+
+    /// Ends every connection (each writes its audit line) and stops the proxy's threads;
+    /// waits for them unless called from one. Accept loops still running hand new
+    /// connections to nobody (they are closed at once).
+    pub fn shutdown(&self) {
+        self.workers.shutdown();
+    }
+
+    /// Hands an accepted connection to the least busy proxy thread; `serve` runs there.
+    pub(crate) fn hand_off<F, Fut>(&self, stream: tokio::net::TcpStream, serve: F)
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let _ = stream.set_nodelay(true);
+        // Leaves this runtime's reactor; the worker registers it with its own.
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        self.workers.spawn(move || async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                serve(stream).await;
+            }
+        });
     }
 
     /// Sets how connections are attributed to execs (once; later calls are ignored).
@@ -98,6 +132,8 @@ impl Proxy {
 pub enum ProxyError {
     #[error("cannot set up upstream TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Threads(String),
 }
 
 /// Where a connection came from and where it was going, for one connection's requests.

@@ -23,8 +23,8 @@ pub async fn serve_transparent(
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(proxy.clone(), names.clone(), stream, client));
+                let (served, names) = (proxy.clone(), names.clone());
+                proxy.hand_off(stream, move |stream| handle(served, names, stream, client));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }

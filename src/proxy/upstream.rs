@@ -22,12 +22,16 @@ use super::{ProxyConfig, ProxyError};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, ProxyBody>;
 
-/// Two pools: one that may speak HTTP/2, and an HTTP/1.1-only one for `Upgrade` requests.
-/// Built on first use: reading the system roots is the slowest part of starting up, and a
-/// command that makes no request should not wait for it.
+/// Two pools per proxy thread: one that may speak HTTP/2, and an HTTP/1.1-only one for
+/// `Upgrade` requests. Each thread has its own, so an upstream connection is only ever used by
+/// the thread that drives it (see `workers.rs`); the TLS configuration, and with it the session
+/// cache, is shared. Built on first use: reading the system roots is the slowest part of
+/// starting up, and a command that makes no request should not wait for it.
 pub struct Upstream {
     extra_roots: Vec<CertificateDer<'static>>,
-    clients: OnceLock<Clients>,
+    tls: OnceLock<rustls::ClientConfig>,
+    /// One per worker, and a last one for callers on no worker.
+    clients: Vec<OnceLock<Clients>>,
     pub resolver: Resolver,
 }
 
@@ -37,7 +41,7 @@ struct Clients {
 }
 
 impl Upstream {
-    pub fn new(cfg: &ProxyConfig) -> Result<Upstream, ProxyError> {
+    pub fn new(cfg: &ProxyConfig, workers: usize) -> Result<Upstream, ProxyError> {
         let mut check = rustls::RootCertStore::empty();
         for ca in &cfg.upstream_cas {
             check
@@ -46,7 +50,8 @@ impl Upstream {
         }
         Ok(Upstream {
             extra_roots: cfg.upstream_cas.clone(),
-            clients: OnceLock::new(),
+            tls: OnceLock::new(),
+            clients: (0..=workers).map(|_| OnceLock::new()).collect(),
             resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
         })
     }
@@ -62,11 +67,16 @@ impl Upstream {
     }
 
     fn clients(&self) -> &Clients {
-        self.clients.get_or_init(|| self.build())
+        let last = self.clients.len() - 1;
+        let slot = super::workers::current().map_or(last, |i| i.min(last));
+        self.clients[slot].get_or_init(|| self.build())
     }
 
     fn build(&self) -> Clients {
-        let tls = client_config(&self.extra_roots);
+        let tls = self
+            .tls
+            .get_or_init(|| client_config(&self.extra_roots))
+            .clone();
         let resolver = self.resolver.clone();
         let connector = |h2: bool| {
             let mut http = HttpConnector::new_with_resolver(resolver.clone());
