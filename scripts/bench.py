@@ -4,7 +4,7 @@
 On loopback only: an nginx HTTPS server (HTTP/1.1 + HTTP/2) for `bench.local`, reached
   direct       straight from the load generator,
   netcage      through `netcage proxy` (Tier 0, CONNECT),
-  netcage-t1   from inside `netcage run --tier netns` (Tier 1, transparent; root + nft only),
+  netcage-t1   from inside `netcage run --tier netns` (Tier 1, transparent; root only),
   mitmproxy    through mitmdump (regular mode, its CA trusted, upstream CA configured),
   squid        through squid with ssl-bump (squid-openssl).
 Every workload runs in rounds that visit every variant in turn (direct, netcage, ..., direct,
@@ -461,8 +461,6 @@ class Bench:
     def tier1_unavailable(self):
         if os.geteuid() != 0:
             return "needs root"
-        if not (shutil.which("nft") or Path("/usr/sbin/nft").exists()):
-            return "nft missing"
         r = subprocess.run([NETCAGE, "run", "--tier", "netns", "--data-dir", self.tmp / "t1probe",
                             "--", "true"], capture_output=True, text=True, timeout=30)
         if r.returncode != 0:

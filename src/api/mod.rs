@@ -369,10 +369,7 @@ impl Started {
     /// Builds the namespaces (blocking, a few milliseconds). On failure `self` is intact, so
     /// the caller can fall back to Tier 0 with the same configuration.
     pub fn launch(&self) -> Result<launch::Launched, Error> {
-        let (root, nft) = detect::quick();
-        let nft = nft.ok_or_else(|| {
-            Error("the nft binary is missing (install the nftables package)".into())
-        })?;
+        let root = detect::quick();
         let data_dir = std::fs::canonicalize(&self.data_dir).map_err(|e| {
             Error(format!(
                 "cannot resolve the data dir {}: {e}",
@@ -390,7 +387,6 @@ impl Started {
         ];
         let spec = HolderSpec {
             rootless: !root,
-            nft,
             mounts: plan::mount_plan(&data_dir, &hide, public),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),

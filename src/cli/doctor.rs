@@ -20,21 +20,11 @@ pub fn doctor() -> anyhow::Result<u8> {
     for knob in detect::userns_knobs() {
         println!("  {knob}");
     }
-    match &facts.nft {
-        Some(path) => println!("nft:                              {}", path.display()),
-        None => {
-            println!("nft:                              missing (install the nftables package)")
-        }
-    }
     let tier1_possible = (facts.cap_net_admin && facts.netns.is_ok()) || facts.userns.is_ok();
     println!(
         "Tier 1 (netns) on this machine:   {}",
         if tier1_possible {
-            if facts.nft.is_some() {
-                "available: `netcage run` uses it by default"
-            } else {
-                "possible once nft is installed (apt install nftables)"
-            }
+            "available: `netcage run` uses it by default"
         } else {
             "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces"
         }

@@ -56,7 +56,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let launched = started.launch();
     match (launched, args.tier) {
         (Ok(launched), _) => {
-            let how = if detect::quick().0 {
+            let how = if detect::quick() {
                 "root"
             } else {
                 "rootless, user namespace"

@@ -33,7 +33,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let started = sandbox_config(&args.key, resolved, Some(socket_path.clone()), "exec");
     let result = match started.launch() {
         Ok(launched) => {
-            let how = if detect::quick().0 {
+            let how = if detect::quick() {
                 "root"
             } else {
                 "rootless, user namespace"

@@ -10,7 +10,7 @@ use nix::sys::prctl;
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::control::{HolderSpec, SocketKind};
-use super::plan::{MountPlan, Ports, nft_ruleset};
+use super::plan::{MountPlan, Ports};
 use super::{netlink, nft};
 
 /// Builds everything but the pid namespace (that is init's, see `holder`). Returns the sockets
@@ -18,7 +18,7 @@ use super::{netlink, nft};
 pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), String> {
     let (uid, gid) = (spec.uid, spec.gid);
     // The pid namespace comes last, just before init is forked: the first process forked after
-    // it (here that would be `nft`) becomes its pid 1.
+    // it becomes its pid 1.
     let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
     if spec.rootless {
         flags |= CloneFlags::CLONE_NEWUSER;
@@ -90,7 +90,7 @@ pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), Strin
     if ports.tcp4 == 0 || ports.dns4 == 0 {
         return Err("cannot listen on 127.0.0.1 inside the sandbox".into());
     }
-    nft::load(&spec.nft, &nft_ruleset(&ports))?;
+    nft::load(&ports)?;
     // Without it dropped packets are still dropped, only not named in the audit log.
     if let Ok(fd) = super::nflog::open(super::plan::NFLOG_GROUP) {
         kinds.push(SocketKind::Nflog);

@@ -15,7 +15,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +25,6 @@ use super::plan::MountPlan;
 pub struct HolderSpec {
     /// No CAP_NET_ADMIN: use a user namespace.
     pub rootless: bool,
-    pub nft: PathBuf,
     pub mounts: MountPlan,
     /// uid and gid to map in the user namespace (rootless).
     pub uid: u32,

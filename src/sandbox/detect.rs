@@ -1,4 +1,4 @@
-//! What this machine allows: CAP_NET_ADMIN, unprivileged user namespaces, the `nft` binary.
+//! What this machine allows: CAP_NET_ADMIN, unprivileged user namespaces.
 
 use std::path::PathBuf;
 
@@ -12,26 +12,20 @@ pub struct Facts {
     pub netns: Result<(), String>,
     /// `unshare(CLONE_NEWUSER | CLONE_NEWNET)` works (rootless path).
     pub userns: Result<(), String>,
-    pub nft: Option<PathBuf>,
 }
 
 /// What `run` decides on without forking probes (each probe creates and destroys a network
-/// namespace, which costs milliseconds): whether we hold CAP_NET_ADMIN, and where `nft` is.
-/// A sandbox that then cannot be built reports why.
-pub fn quick() -> (bool, Option<PathBuf>) {
-    (
-        caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false),
-        find_in_path("nft"),
-    )
+/// namespace, which costs milliseconds): whether we hold CAP_NET_ADMIN (root path) or must use
+/// a user namespace. A sandbox that then cannot be built reports why.
+pub fn quick() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
 }
 
 pub fn facts() -> Facts {
-    let (cap_net_admin, nft) = quick();
     Facts {
-        cap_net_admin,
+        cap_net_admin: quick(),
         netns: probe_unshare(libc::CLONE_NEWNET),
         userns: probe_unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET),
-        nft,
     }
 }
 

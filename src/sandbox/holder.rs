@@ -80,7 +80,7 @@ pub fn holder_main() -> i32 {
         return 1;
     }
     // The pid namespace comes last, just before init is forked: the first process forked after
-    // it becomes its pid 1 (nft, run by build, would otherwise have been).
+    // it becomes its pid 1.
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         let _ = fdpass::send(
             &sock,
