@@ -801,7 +801,7 @@ def markdown(meta, results, rss, startup, targets, variants, skipped):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per cell (default 2)")
     ap.add_argument("--skip", action="append", default=[], choices=VARIANTS[1:],
                     help="leave a variant out (repeatable)")

@@ -2,8 +2,8 @@
 //! connection goes to the thread with the fewest connections and stays there with everything
 //! it starts (its requests, its upstream connections, its upgrades), so no request ever wakes
 //! a second thread. On a small, busy machine a cross-thread wake-up costs more than the request
-//! itself: one runtime per core cut the proxy's CPU per request by about a third (see
-//! scripts/bench, "proxy CPU µs/req").
+//! itself: one runtime per core cut the proxy's CPU per request by a fifth to a quarter against
+//! one multi-threaded runtime (scripts/bench, "proxy CPU µs/req").
 
 use std::cell::Cell;
 use std::future::Future;
