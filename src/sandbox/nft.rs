@@ -186,58 +186,53 @@ const PAYLOAD_TRANSPORT: u32 = 2;
 const CT_ESTABLISHED_RELATED: u32 = 2 | 4;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 
-fn family(nfproto: u8) -> Vec<Expr> {
+/// `meta KEY VALUE` (nfproto and l4proto are one byte).
+fn meta_is(key: u32, value: u8) -> Vec<Expr> {
     vec![
-        Expr::Meta(META_NFPROTO),
+        Expr::Meta(key),
         Expr::Cmp {
             neq: false,
-            data: vec![nfproto],
+            data: vec![value],
         },
     ]
 }
 
+fn family(nfproto: u8) -> Vec<Expr> {
+    meta_is(META_NFPROTO, nfproto)
+}
+
 fn l4(proto: u8) -> Vec<Expr> {
-    vec![
-        Expr::Meta(META_L4PROTO),
-        Expr::Cmp {
-            neq: false,
-            data: vec![proto],
-        },
-    ]
+    meta_is(META_L4PROTO, proto)
 }
 
 fn redirect(port: u16) -> Vec<Expr> {
     vec![Expr::Value(port.to_be_bytes().to_vec()), Expr::Redirect]
 }
 
-/// `ip daddr 127.0.0.0/8` (as nft shortens it: the first byte is 127).
-fn ipv4_loopback() -> Vec<Expr> {
-    let mut e = family(NFPROTO_IPV4);
+/// The destination address of an `nfproto` packet (at `offset` in its network header) starts
+/// with `prefix`.
+fn daddr_starts_with(nfproto: u8, offset: u32, prefix: &[u8]) -> Vec<Expr> {
+    let mut e = family(nfproto);
     e.push(Expr::Payload {
         base: PAYLOAD_NETWORK,
-        offset: 16,
-        len: 1,
+        offset,
+        len: prefix.len() as u32,
     });
     e.push(Expr::Cmp {
         neq: false,
-        data: vec![127],
+        data: prefix.to_vec(),
     });
     e
 }
 
+/// `ip daddr 127.0.0.0/8` (as nft shortens it: the first byte is 127).
+fn ipv4_loopback() -> Vec<Expr> {
+    daddr_starts_with(NFPROTO_IPV4, 16, &[127])
+}
+
 /// `ip6 daddr ::1`
 fn ipv6_loopback() -> Vec<Expr> {
-    let mut e = family(NFPROTO_IPV6);
-    e.push(Expr::Payload {
-        base: PAYLOAD_NETWORK,
-        offset: 24,
-        len: 16,
-    });
-    e.push(Expr::Cmp {
-        neq: false,
-        data: std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
-    });
-    e
+    daddr_starts_with(NFPROTO_IPV6, 24, &std::net::Ipv6Addr::LOCALHOST.octets())
 }
 
 fn nat_rules(p: &Ports) -> Vec<Vec<Expr>> {
