@@ -93,6 +93,10 @@ fn send(batch: &[u8], acks: usize) -> Result<(), SendError> {
     };
     let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| err("socket", e))?;
     socket.bind_auto().map_err(|e| err("bind", e))?;
+    // The kernel answers at once; a missing answer must fail the start, not hang it.
+    let wait = nix::sys::time::TimeVal::new(5, 0);
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &wait)
+        .map_err(|e| err("socket timeout", e.into()))?;
     let sent = socket.send(batch, 0).map_err(|e| err("send", e))?;
     if sent != batch.len() {
         return Err(err("send", std::io::Error::other("short write")));
@@ -552,6 +556,42 @@ mod tests {
             );
             assert_eq!(ours.contains(":40002"), ports.tcp6 != 0, "{ours}");
         }
+    }
+
+    #[test]
+    fn a_refused_batch_is_an_error_with_the_reason() {
+        if !caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_NET_ADMIN,
+        )
+        .unwrap_or(false)
+        {
+            eprintln!("skipped: needs CAP_NET_ADMIN to create a network namespace");
+            return;
+        }
+        let err = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(net)");
+            // Capabilities are per thread: only this one loses it.
+            caps::drop(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_NET_ADMIN,
+            )
+            .unwrap();
+            load(&Ports {
+                tcp4: 40001,
+                dns4: 40003,
+                ..Ports::default()
+            })
+        })
+        .join()
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            err.contains("refused") && err.contains("not permitted"),
+            "{err}"
+        );
     }
 
     #[test]
