@@ -474,6 +474,20 @@ mod tests {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
+    /// Root (CAP_NET_ADMIN) is what these tests need; without it they say so and pass.
+    fn can_make_a_namespace() -> bool {
+        let able = caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_NET_ADMIN,
+        )
+        .unwrap_or(false);
+        if !able {
+            eprintln!("skipped: needs CAP_NET_ADMIN to create a network namespace and load rules");
+        }
+        able
+    }
+
     fn nft() -> std::path::PathBuf {
         super::super::detect::find_in_path("nft")
             .expect("this test compares with the nft binary: install nftables")
@@ -520,14 +534,7 @@ mod tests {
 
     #[test]
     fn the_kernel_gets_the_rules_nft_would_have_loaded() {
-        if !caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_NET_ADMIN,
-        )
-        .unwrap_or(false)
-        {
-            eprintln!("skipped: needs CAP_NET_ADMIN to create a network namespace and load rules");
+        if !can_make_a_namespace() {
             return;
         }
         let all = Ports {
@@ -560,14 +567,7 @@ mod tests {
 
     #[test]
     fn a_refused_batch_is_an_error_with_the_reason() {
-        if !caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_NET_ADMIN,
-        )
-        .unwrap_or(false)
-        {
-            eprintln!("skipped: needs CAP_NET_ADMIN to create a network namespace");
+        if !can_make_a_namespace() {
             return;
         }
         let err = std::thread::spawn(|| {
