@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`token`]: the `starpod:v1` codec and key loading (pure).
 //! - [`hosts`]: host patterns and matching (pure).
+//! - [`keytrust`]: which key files are used without asking (a planted one is refused).
 //! - [`scan`]: finding and substituting tokens in headers, targets and streamed bodies, and
 //!   redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod ca;
 mod der;
 pub mod hosts;
+pub mod keytrust;
 pub mod learn;
 pub mod policy;
 pub mod proxy;

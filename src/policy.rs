@@ -51,6 +51,23 @@ pub struct AuditConfig {
     pub path: Option<String>,
 }
 
+/// `[files]`: what the command may write, and which credential locations it does not see
+/// (Tier 1). Paths may start with `~/` (netcage's `$HOME`); relative ones are taken from the
+/// working directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Writable besides the working directory and `/tmp`.
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// Hidden besides the built-in credential list.
+    #[serde(default)]
+    pub hide: Vec<String>,
+    /// Built-in entries to show after all (as written in the list, e.g. `~/.npmrc`).
+    #[serde(default)]
+    pub show: Vec<String>,
+}
+
 /// The whole policy. `Policy::default()` is what runs without a file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +78,8 @@ pub struct Policy {
     pub secrets: Secrets,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub files: FilesConfig,
 }
 
 /// Addresses of cloud metadata services: denied unless the allow list names them exactly.
@@ -120,6 +139,17 @@ impl Policy {
             if parse_host_port(entry).is_none() {
                 out.push(format!(
                     "bad tcp entry {entry:?}: use host:port, e.g. github.com:22"
+                ));
+            }
+        }
+        let files = &self.files;
+        for (key, entry) in (files.write.iter().map(|e| ("write", e)))
+            .chain(files.hide.iter().map(|e| ("hide", e)))
+            .chain(files.show.iter().map(|e| ("show", e)))
+        {
+            if entry.trim().is_empty() || (entry.starts_with('~') && !entry.starts_with("~/")) {
+                out.push(format!(
+                    "bad files.{key} entry {entry:?}: use a path, ~/PATH or an absolute path"
                 ));
             }
         }

@@ -71,6 +71,17 @@ impl Key {
         Key(Zeroizing::new(bytes), cipher)
     }
 
+    /// Names the key without revealing it (a one-way digest), for netcage's list of trusted
+    /// key files.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"netcage key id\0");
+        h.update(self.0.as_slice());
+        let digest = h.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("key:{hex}")
+    }
+
     /// A fresh random key.
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];

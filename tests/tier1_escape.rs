@@ -640,6 +640,12 @@ fn key_material_on_disk_is_hidden() {
     let mut tally = Tally::new("files", TALLIED_TESTS);
     for_each_mode(|mode| {
         let fx = Fx::new(mode);
+        let key_file = fx.write("outside.key", &hex(&fx.env.key()));
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let data = fx.env.data_dir();
         let data_s = data.to_str().unwrap();
         let script = r#"
@@ -700,13 +706,8 @@ echo "ls=$(ls -A "$1" | tr '\n' ' ')"
             "cat .vault_key with the working directory in the data dir",
         );
 
-        // A key file outside the data dir, named with --key-file.
-        let key_file = fx.write("outside.key", &hex(&fx.env.key()));
-        std::fs::set_permissions(
-            &key_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        // A key file outside the data dir, named with --key-file (made before any sandbox
+        // could write here, as a user would: one made later is refused as possibly planted).
         let key_s = key_file.to_str().unwrap();
         let url = fx.url(BOUND, "/with-key-file");
         let header = format!("X-Api-Key: {}", fx.token());

@@ -40,6 +40,7 @@ pub struct Command<'a> {
     cwd: Option<PathBuf>,
     stdio: [Stdio; 3],
     new_session: bool,
+    terminal: Option<(u8, bool)>,
     exec_id: Option<String>,
     uid: Option<u32>,
 }
@@ -58,6 +59,7 @@ pub struct Child {
     pub stderr: Option<pipe::Receiver>,
     id: u64,
     status: watch::Receiver<Option<ExitStatus>>,
+    stops: tokio::sync::mpsc::UnboundedReceiver<i32>,
     execs: Arc<Execs>,
 }
 
@@ -96,6 +98,7 @@ impl<'a> Command<'a> {
             cwd: None,
             stdio: [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
             new_session: true,
+            terminal: None,
             exec_id: None,
             uid: None,
         }
@@ -165,9 +168,19 @@ impl<'a> Command<'a> {
 
     /// Whether the command gets a session (and process group) of its own — the default.
     /// Signals then go to its whole group, and audit lines can name it while other commands
-    /// run. Off, it shares this process's group and terminal (`netcage run` does this).
+    /// run. Off, it gets a process group of its own in this process's session, so it can
+    /// share its terminal (`netcage run` does this; see [`Command::terminal`]).
     pub fn new_session(&mut self, on: bool) -> &mut Self {
         self.new_session = on;
+        self
+    }
+
+    /// Job control on this process's terminal (with `new_session(false)`): `stdio` (0, 1 or
+    /// 2) is the controlling terminal; with `foreground` the command's process group takes
+    /// the terminal as it starts (Ctrl-C and Ctrl-Z reach it, not this process). Hand the
+    /// terminal back with `tcsetpgrp` after it exits; see [`Child::stopped`].
+    pub fn terminal(&mut self, stdio: u8, foreground: bool) -> &mut Self {
+        self.terminal = Some((stdio.min(2), foreground));
         self
     }
 
@@ -199,6 +212,10 @@ impl<'a> Command<'a> {
             .collect();
         spawn.cwd = self.cwd.as_ref().map(|d| d.as_os_str().as_bytes().to_vec());
         spawn.new_session = self.new_session;
+        if let Some((tty, foreground)) = self.terminal.filter(|_| !self.new_session) {
+            spawn.tty = Some(tty);
+            spawn.foreground = foreground;
+        }
         let mut theirs: Vec<OwnedFd> = Vec::new();
         let mut ours: [Option<OwnedFd>; 3] = [None, None, None];
         let mut raw: [Option<RawFd>; 3] = [None; 3];
@@ -245,6 +262,7 @@ impl<'a> Command<'a> {
         let (status_tx, status) = watch::channel(None);
         let audit = self.sandbox.proxy.audit().clone();
         let exited = started.exited;
+        let stops = started.stops;
         let exec_id = exec.clone();
         tokio::spawn(async move {
             let mut event = Event::new("exec", "allow");
@@ -285,6 +303,7 @@ impl<'a> Command<'a> {
             stderr: receiver(stderr)?,
             id: started.id,
             status,
+            stops,
             execs: self.sandbox.execs.clone(),
         })
     }
@@ -329,6 +348,26 @@ impl Child {
             execs: self.execs.clone(),
             id: self.id,
         }
+    }
+
+    /// Like [`Child::wait`], but also resolves when the command is stopped (Ctrl-Z on its
+    /// terminal, SIGTTIN, SIGSTOP): `Ok(Err(signal))`. Continue it with [`Child::resume`].
+    pub async fn wait_or_stop(&mut self) -> std::io::Result<Result<ExitStatus, i32>> {
+        drop(self.stdin.take());
+        let mut status = self.status.clone();
+        tokio::select! {
+            got = status.wait_for(Option::is_some) => {
+                let got = got.map_err(|_| std::io::Error::other("the sandbox went away"))?;
+                Ok(Ok((*got).unwrap_or(ExitStatus::from_raw(9))))
+            }
+            Some(signal) = self.stops.recv() => Ok(Err(signal)),
+        }
+    }
+
+    /// After a stop: SIGCONT to the command's group; with `foreground` it first gets the
+    /// terminal back (when it has one, see [`Command::terminal`]).
+    pub fn resume(&self, foreground: bool) {
+        self.execs.resume(self.id, foreground);
     }
 
     /// SIGKILL.

@@ -29,6 +29,7 @@
 //! [`SandboxBuilder::netcage_binary`].
 
 mod command;
+mod view;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -80,6 +81,7 @@ pub struct SandboxBuilder {
     upstream_cas: Vec<CertificateDer<'static>>,
     netcage: Option<PathBuf>,
     exec_prefix: String,
+    write: Vec<PathBuf>,
 }
 
 /// A running sandbox: start commands in it with [`Sandbox::command`], end it with
@@ -94,6 +96,7 @@ pub struct Sandbox {
     nflog: Mutex<Option<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)>>,
     next: AtomicU64,
     prefix: String,
+    view: crate::sandbox::layout::Layout,
 }
 
 impl Sandbox {
@@ -114,6 +117,7 @@ impl Sandbox {
             upstream_cas: Vec::new(),
             netcage: None,
             exec_prefix: random_tag(),
+            write: Vec::new(),
         }
     }
 
@@ -131,6 +135,22 @@ impl Sandbox {
     /// The proxy (its audit log, for example).
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
+    }
+
+    /// Credential locations the commands do not see (hidden behind empty ones).
+    pub fn hidden(&self) -> &[PathBuf] {
+        &self.view.hidden
+    }
+
+    /// Directories the commands may change for real (the working directory, `write`).
+    pub fn writable(&self) -> &[PathBuf] {
+        &self.view.writable
+    }
+
+    /// What a user should know about the sandbox's filesystem view (a directory left
+    /// read-only, a fallback taken).
+    pub fn notes(&self) -> &[String] {
+        &self.view.notes
     }
 
     /// The environment every command starts with (sealed variables hold tokens).
@@ -257,6 +277,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Makes `path` writable for the commands besides the sandbox's working directory and
+    /// `/tmp` (the policy's `[files] write` adds more). Changes there persist.
+    pub fn write(mut self, path: impl Into<PathBuf>) -> Self {
+        self.write.push(path.into());
+        self
+    }
+
     /// Covers this file with an empty one inside the sandbox (an audit log, a secret file).
     pub fn hide(mut self, path: impl Into<PathBuf>) -> Self {
         self.hide.push(path.into());
@@ -298,7 +325,12 @@ impl SandboxBuilder {
         let key = match self.key {
             Some(key) => key,
             None => match Key::load(&key_file) {
-                Ok(loaded) => loaded.key,
+                Ok(loaded) => {
+                    crate::keytrust::Store::default_location()
+                        .vouch(&key_file, &loaded.key)
+                        .map_err(Error)?;
+                    loaded.key
+                }
                 Err(token::KeyError::Missing(_)) if self.key_file.is_none() => Key::generate(),
                 Err(e) => return Err(Error(e.to_string())),
             },
@@ -336,6 +368,7 @@ impl SandboxBuilder {
             sealed,
             netcage,
             prefix: self.exec_prefix,
+            write: self.write,
         };
         let (started, launched) = tokio::task::spawn_blocking(move || {
             let launched = started.launch();
@@ -363,6 +396,9 @@ pub struct Started {
     pub netcage: PathBuf,
     /// Exec ids are `PREFIX-N`.
     pub prefix: String,
+    /// Writable besides the working directory (`--write`; `[files] write` comes from the
+    /// policy).
+    pub write: Vec<PathBuf>,
 }
 
 impl Started {
@@ -376,22 +412,18 @@ impl Started {
                 self.data_dir.display()
             ))
         })?;
-        let hide: Vec<PathBuf> = self
-            .hide
-            .iter()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-            .collect();
-        let public = vec![
-            (CA_BUNDLE.to_owned(), self.cfg.ca.bundle_path().to_owned()),
-            (CA_CERT.to_owned(), self.cfg.ca.cert_path().to_owned()),
-        ];
+        let view = view::filesystem_view(self, &data_dir)?;
         let spec = HolderSpec {
             rootless: !root,
-            mounts: plan::mount_plan(&data_dir, &hide, public),
+            layout: view.ops.clone(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         };
-        launch::launch(&spec, &self.netcage).map_err(Error)
+        let mut launched = launch::launch(&spec, &self.netcage).map_err(Error)?;
+        launched.view = view;
+        let notes = std::mem::take(&mut launched.notes);
+        launched.view.notes.extend(notes);
+        Ok(launched)
     }
 
     /// Takes over a launched sandbox: starts the proxy, the resolver and the NFLOG reader on
@@ -461,6 +493,7 @@ impl Started {
             nflog: Mutex::new(nflog),
             next: AtomicU64::new(1),
             prefix: self.prefix,
+            view: launched.view,
         })
     }
 }

@@ -25,12 +25,17 @@ pub fn key_path(args: &KeyArgs) -> PathBuf {
         .unwrap_or_else(|| args.data_dir.join(".vault_key"))
 }
 
-/// Loads the key, printing a warning when the file is readable by others.
+/// Loads the key, printing a warning when the file is readable by others. A key file that a
+/// sandboxed command may have planted is refused (`keytrust`).
 pub fn load_key(args: &KeyArgs) -> anyhow::Result<Key> {
-    let loaded = Key::load(&key_path(args))?;
+    let path = key_path(args);
+    let loaded = Key::load(&path)?;
     if let Some(warning) = loaded.warning {
         eprintln!("netcage: warning: {warning}");
     }
+    netcage::keytrust::Store::default_location()
+        .vouch(&path, &loaded.key)
+        .map_err(input_error)?;
     Ok(loaded.key)
 }
 
@@ -56,6 +61,8 @@ pub struct Resolved {
     pub sealed_env: Vec<(String, String)>,
     /// `--learn`: fed by the audit writer; report it after the audit log is flushed.
     pub learn: Option<Learning>,
+    /// `--write`: writable in the sandbox besides the working directory.
+    pub write: Vec<PathBuf>,
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
@@ -161,6 +168,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         },
         sealed_env,
         learn,
+        write: args.write.clone(),
     })
 }
 
@@ -185,6 +193,26 @@ pub fn sandbox_config(
         sealed: resolved.sealed_env,
         netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
         prefix: prefix.into(),
+        write: resolved.write,
+    }
+}
+
+/// One line naming what the sandbox hides, and one per note about its view.
+pub fn report_view(view: &netcage::sandbox::layout::Layout) {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    if !view.hidden.is_empty() {
+        let names: Vec<String> = view
+            .hidden
+            .iter()
+            .map(|p| netcage::sandbox::layout::tilde(p, home.as_deref()))
+            .collect();
+        eprintln!(
+            "netcage: hidden from the command: {} (credential locations; [files] show opts one out)",
+            names.join(", ")
+        );
+    }
+    for note in &view.notes {
+        eprintln!("netcage: note: {note}");
     }
 }
 

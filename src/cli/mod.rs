@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod exec;
+pub mod key;
 pub mod learn;
 pub mod proxy;
 pub mod run;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Where the CA bundle is; print the CA certificate
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Key files: trust one netcage refused as possibly planted by a sandboxed command
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Which tier this machine allows, and why
     Doctor,
     /// A self-contained demonstration on a local HTTPS server
@@ -96,6 +100,10 @@ pub struct PolicyArgs {
     /// Audit log (JSONL); '-' for stderr [default: <data-dir>/netcage-audit.jsonl]
     #[arg(long, value_name = "FILE")]
     pub audit: Option<String>,
+    /// Let the command write PATH (a directory or file) besides the working directory and
+    /// /tmp; changes there persist (repeatable; Tier 1)
+    #[arg(long, value_name = "PATH")]
+    pub write: Vec<PathBuf>,
     /// Hand the child a token for variable NAME instead of its value, bound to HOSTs
     #[arg(long, value_name = "NAME[=HOST,..]")]
     pub seal: Vec<String>,
@@ -232,6 +240,15 @@ pub enum CaCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Use FILE from now on, although it appeared where sandboxed commands can write
+    Trust {
+        /// The key file
+        file: PathBuf,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Tier to demonstrate in
@@ -249,6 +266,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Proxy(args) => proxy::proxy(args),
         Command::Token(cmd) => token::token(cmd),
         Command::Ca(cmd) => ca::ca(cmd),
+        Command::Key(cmd) => key::key(cmd),
         Command::Doctor => doctor::doctor(),
         Command::Demo(args) => demo::demo(args),
         Command::Holder => Ok(netcage::sandbox::holder::holder_main().clamp(0, 255) as u8),

@@ -12,7 +12,7 @@ use netcage::sandbox::{detect, process};
 use nix::sys::signal::{SigSet, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{Resolved, child_env, resolve, sandbox_config};
+use super::config::{Resolved, child_env, report_view, resolve, sandbox_config};
 
 /// Signals passed on to the command. SIGINT/SIGQUIT come from the terminal to the whole
 /// process group, the command included, so they are not passed on a second time.
@@ -62,6 +62,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 "rootless, user namespace"
             };
             eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
+            report_view(&launched.view);
             let rt = runtime()?;
             let code = rt.block_on(async move {
                 let sandbox = started.into_sandbox(launched)?;
@@ -84,6 +85,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 audit_path: None,
                 sealed_env: started.sealed,
                 learn,
+                write: started.write,
             };
             runtime()?.block_on(run_env_tier(args, resolved))
         }
@@ -108,21 +110,30 @@ fn netcage_signals() -> SigSet {
     set
 }
 
-/// Tier 1, once the sandbox is up: the command with netcage's stdin/stdout/stderr, in its
-/// process group (the terminal's job control reaches it as before), until it exits.
+/// Tier 1, once the sandbox is up: the command with netcage's stdin/stdout/stderr, in a
+/// process group of its own, until it exits. On a terminal where netcage is in the
+/// foreground, the command's group takes the terminal (Ctrl-C and Ctrl-Z reach it, not
+/// netcage); when it stops, netcage takes the terminal back and stops too, so the shell's job
+/// control works as before, and passes on the continue. The terminal is handed back at the
+/// end. Without a terminal it gets a session of its own.
 async fn run_netns_tier(
     sandbox: netcage::Sandbox,
     command: &[std::ffi::OsString],
     signals: SigSet,
 ) -> anyhow::Result<u8> {
     let run_id = format!("run-{}", std::process::id());
-    let spawned = sandbox
-        .command(&command[0])
-        .args(&command[1..])
-        .new_session(false)
-        .exec_id(run_id)
-        .spawn()
-        .await;
+    let tty = Terminal::of_this_process();
+    let mut cmd = sandbox.command(&command[0]);
+    cmd.args(&command[1..]).exec_id(run_id);
+    match &tty {
+        Some(t) => {
+            cmd.new_session(false).terminal(t.stdio, t.foreground);
+        }
+        None => {
+            cmd.new_session(true);
+        }
+    }
+    let spawned = cmd.spawn().await;
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -143,11 +154,88 @@ async fn run_netns_tier(
             }
         })
         .context("cannot start the signal thread")?;
-    let status = child.wait().await;
+    let status = loop {
+        match child.wait_or_stop().await {
+            Ok(Err(_stopped)) => {
+                // Ctrl-Z (or SIGTTIN…): the shell must see its job, netcage, stop.
+                if let Some(t) = &tty {
+                    t.take_back();
+                }
+                let _ = nix::sys::signal::raise(Signal::SIGTSTP);
+                // Continued: the command goes on, with the terminal if netcage has it now
+                // (`fg`), without it after `bg`.
+                let foreground = tty.as_ref().is_some_and(Terminal::is_foreground);
+                if let Some(t) = &tty {
+                    t.gave.set(foreground);
+                }
+                child.resume(foreground);
+            }
+            Ok(Ok(status)) => break Ok(status),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(t) = &tty {
+        t.take_back();
+    }
     // Whatever the command left running in the background ends with it, as before.
     sandbox.shutdown(Duration::ZERO).await;
     let status = status.context("waiting for the command failed")?;
     Ok(exit_code(status).clamp(0, 255) as u8)
+}
+
+/// netcage's controlling terminal, when one of its stdio descriptors is it.
+struct Terminal {
+    stdio: u8,
+    /// netcage's group has the terminal (it runs in the foreground).
+    foreground: bool,
+    /// The command's group has the terminal from netcage (to take back at the end).
+    gave: std::cell::Cell<bool>,
+}
+
+impl Terminal {
+    fn of_this_process() -> Option<Terminal> {
+        use std::os::fd::BorrowedFd;
+        let own = nix::unistd::getsid(None).ok()?;
+        (0..=2).find_map(|fd| {
+            // SAFETY: 0, 1 and 2 stay open for netcage's whole life (or the calls fail with
+            // EBADF, which is fine).
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            let ours = nix::unistd::isatty(b).unwrap_or(false)
+                && nix::sys::termios::tcgetsid(b).ok() == Some(own);
+            ours.then(|| {
+                let foreground = nix::unistd::tcgetpgrp(b).ok() == Some(nix::unistd::getpgrp());
+                Terminal {
+                    stdio: fd as u8,
+                    foreground,
+                    gave: std::cell::Cell::new(foreground),
+                }
+            })
+        })
+    }
+
+    /// Is netcage's group the terminal's foreground group now?
+    fn is_foreground(&self) -> bool {
+        // SAFETY: the descriptor is one of netcage's stdio, open for its whole life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(i32::from(self.stdio)) };
+        nix::unistd::tcgetpgrp(fd).ok() == Some(nix::unistd::getpgrp())
+    }
+
+    /// netcage's group gets the terminal back if it had it (SIGTTOU blocked meanwhile: a
+    /// background group may then set the foreground group).
+    fn take_back(&self) {
+        if !self.gave.replace(false) {
+            return;
+        }
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let old = ttou.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+        // SAFETY: the descriptor is one of netcage's stdio, open for its whole life.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(i32::from(self.stdio)) };
+        let _ = nix::unistd::tcsetpgrp(fd, nix::unistd::getpgrp());
+        if let Ok(old) = old {
+            let _ = old.thread_set_mask();
+        }
+    }
 }
 
 /// Tier 0: proxy variables only.

@@ -43,6 +43,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                 args.socket.display(),
                 args.socket.display()
             );
+            super::config::report_view(&launched.view);
             let grace = Duration::from_secs_f64(args.grace);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -54,6 +54,9 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
             let path = key_path(&key);
             let key = if key.key_file.is_none() && !path.exists() {
                 let key = token::Key::create(&path)?;
+                netcage::keytrust::Store::default_location()
+                    .trust(&path, &key)
+                    .map_err(super::input_error)?;
                 eprintln!(
                     "netcage: created a new key at {} (keep it secret; tokens need it)",
                     path.display()

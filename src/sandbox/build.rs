@@ -1,5 +1,6 @@
 //! Building the sandbox, in the holder process: namespaces, uid map, loopback and routes, the
-//! listeners, the nft rules, the mounts that hide the data dir (DESIGN §4). Runs single-threaded.
+//! listeners, the nft rules, the filesystem view (`layout`, applied by `mounts`) (DESIGN §4).
+//! Runs single-threaded.
 
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -10,16 +11,23 @@ use nix::sys::prctl;
 use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::control::{HolderSpec, SocketKind};
-use super::plan::{MountPlan, Ports};
-use super::{netlink, nft};
+use super::plan::Ports;
+use super::{mounts, netlink, nft};
 
-/// Builds everything but the pid namespace (that is init's, see `holder`). Returns the sockets
-/// for the proxy and their kinds.
-pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), String> {
+/// What the holder hands back: the sockets for the proxy, their kinds, and notes for the user.
+pub type Built = (Vec<SocketKind>, Vec<OwnedFd>, Vec<String>);
+
+/// Builds everything but the pid namespace (that is init's, see `holder`).
+pub fn build(spec: &HolderSpec) -> Result<Built, String> {
     let (uid, gid) = (spec.uid, spec.gid);
     // The pid namespace comes last, just before init is forked: the first process forked after
     // it becomes its pid 1.
-    let mut flags = CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS;
+    // IPC and UTS too: the host's SysV shared memory, semaphores, message queues and POSIX
+    // queues, and its host name, are not the command's.
+    let mut flags = CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
     if spec.rootless {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -27,9 +35,9 @@ pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), Strin
         format!(
             "unshare({}): {e}",
             if spec.rootless {
-                "user, net, mount"
+                "user, net, mount, ipc, uts"
             } else {
-                "net, mount"
+                "net, mount, ipc, uts"
             }
         )
     })?;
@@ -96,57 +104,13 @@ pub fn build(spec: &HolderSpec) -> Result<(Vec<SocketKind>, Vec<OwnedFd>), Strin
         kinds.push(SocketKind::Nflog);
         fds.push(fd);
     }
-    apply_mounts(&spec.mounts)?;
-    // A working directory inside the hidden directory would still reach the old contents:
-    // enter it again by path, through the new mounts.
+    let notes = mounts::apply(&spec.layout)?;
+    // The working directory is a new mount now (or behind one, when it is hidden): enter it
+    // again by path, through the new mounts.
     if let Ok(cwd) = std::env::current_dir() {
         std::env::set_current_dir(&cwd).map_err(|e| format!("re-enter {}: {e}", cwd.display()))?;
     }
-    Ok((kinds, fds))
-}
-
-fn apply_mounts(plan: &MountPlan) -> Result<(), String> {
-    let dir = &plan.hide_dir;
-    // Read before the tmpfs covers them (they may live in the hidden directory).
-    let mut public = Vec::new();
-    for (name, path) in &plan.public_files {
-        let data =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        public.push((name, data));
-    }
-    mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=16m"),
-    )
-    .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
-    for (name, data) in &public {
-        std::fs::write(dir.join(name), data)
-            .map_err(|e| format!("write {name} in the sandbox: {e}"))?;
-    }
-    for file in &plan.hide_files {
-        mount(
-            Some("/dev/null"),
-            file,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| format!("hide {}: {e}", file.display()))?;
-    }
-    for dir in &plan.empty_dirs {
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0755,size=1m"),
-        )
-        .map_err(|e| format!("hide {} behind a tmpfs: {e}", dir.display()))?;
-    }
-    Ok(())
+    Ok((kinds, fds, notes))
 }
 
 /// Kernel interfaces that file permissions alone guard: as root (uid 0, even with no

@@ -9,6 +9,8 @@
 //!   Spawn{id,..} + stdio fds ────────▶ fork, exec
 //!              ◀────────────────────── Started{id,pid} | SpawnFailed{id,..}
 //!   Signal{id,sig} ──────────────────▶ kill
+//!              ◀────────────────────── Stopped{id,sig} (job control)
+//!   Resume{id} ──────────────────────▶ terminal to its group, SIGCONT
 //!              ◀────────────────────── Exited{id,status}
 //!   Shutdown{grace} or EOF ──────────▶ SIGTERM all, SIGKILL after grace, exit
 //! ```
@@ -18,14 +20,15 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::MountPlan;
+use super::layout::Op;
 
 /// What the holder needs to build the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HolderSpec {
     /// No CAP_NET_ADMIN: use a user namespace.
     pub rootless: bool,
-    pub mounts: MountPlan,
+    /// The filesystem view (`layout`).
+    pub layout: Vec<Op>,
     /// uid and gid to map in the user namespace (rootless).
     pub uid: u32,
     pub gid: u32,
@@ -49,9 +52,15 @@ pub struct Spawn {
     pub env: Vec<(Vec<u8>, Vec<u8>)>,
     pub cwd: Option<Vec<u8>>,
     /// Start a new session (and process group): signals go to the whole group, and the
-    /// command is detached from netcage's terminal. `run` leaves it off so the terminal's
-    /// job control reaches the command as before.
+    /// command is detached from netcage's terminal. Off, it still gets a process group of its
+    /// own (so nothing it signals reaches the caller's), in netcage's session.
     pub new_session: bool,
+    /// Which of stdin, stdout, stderr is netcage's controlling terminal (without a new
+    /// session): init keeps it to hand the terminal to the command's group.
+    pub tty: Option<u8>,
+    /// Make the command's group the terminal's foreground group as it starts (netcage was in
+    /// the foreground).
+    pub foreground: bool,
     /// Which of stdin, stdout, stderr come with the message (in that order); the others are
     /// /dev/null.
     pub stdio: [bool; 3],
@@ -79,6 +88,13 @@ pub enum ToSandbox {
         id: u64,
         signal: i32,
     },
+    /// The command stopped (job control) and netcage was continued: SIGCONT its group,
+    /// after giving it the terminal when `foreground` (netcage was continued in the
+    /// foreground).
+    Resume {
+        id: u64,
+        foreground: bool,
+    },
     /// SIGTERM to everything, SIGKILL after `grace_ms`, then exit. Closing the socket is a
     /// shutdown with no grace.
     Shutdown {
@@ -90,6 +106,8 @@ pub enum ToSandbox {
 pub enum FromSandbox {
     Built {
         kinds: Vec<SocketKind>,
+        /// What the user should know about the view (a fallback taken).
+        notes: Vec<String>,
     },
     BuildFailed(String),
     /// init is up; carries a descriptor of the sandbox's /proc.
@@ -101,6 +119,11 @@ pub enum FromSandbox {
     SpawnFailed {
         id: u64,
         error: String,
+    },
+    /// The command (its leader) was stopped by `signal` (Ctrl-Z, SIGTTIN, …).
+    Stopped {
+        id: u64,
+        signal: i32,
     },
     /// Raw wait status (as `waitpid` reports it).
     Exited {

@@ -10,7 +10,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control::{FromSandbox, Spawn, ToSandbox};
 use super::fdpass;
@@ -33,6 +33,8 @@ pub struct ExecInfo {
 struct Waiting {
     started: Option<oneshot::Sender<Result<i32, String>>>,
     exited: Option<oneshot::Sender<i32>>,
+    /// The signals that stopped it (job control), as they come.
+    stops: mpsc::UnboundedSender<i32>,
     info: ExecInfo,
 }
 
@@ -65,6 +67,8 @@ pub struct Started {
     pub pid: i32,
     /// The raw wait status, once it exits (dropped unsent if the sandbox dies first).
     pub exited: oneshot::Receiver<i32>,
+    /// Each time it is stopped (Ctrl-Z, SIGTTIN…): the signal. Closed when it exits.
+    pub stops: mpsc::UnboundedReceiver<i32>,
 }
 
 impl Execs {
@@ -119,6 +123,7 @@ impl Execs {
         let fds: Vec<RawFd> = stdio.into_iter().flatten().collect();
         let (started_tx, started_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
+        let (stops_tx, stops_rx) = mpsc::unbounded_channel();
         let info = ExecInfo {
             exec: exec.clone(),
             pid: 0,
@@ -136,6 +141,7 @@ impl Execs {
                 Waiting {
                     started: Some(started_tx),
                     exited: Some(exited_tx),
+                    stops: stops_tx,
                     info,
                 },
             );
@@ -150,6 +156,7 @@ impl Execs {
                 exec,
                 pid,
                 exited: exited_rx,
+                stops: stops_rx,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the sandbox is gone".into()),
@@ -159,6 +166,12 @@ impl Execs {
     /// Sends `signal` to exec `id` (to its process group if it leads a session).
     pub fn signal(&self, id: u64, signal: i32) {
         let _ = self.send(&ToSandbox::Signal { id, signal }, &[]);
+    }
+
+    /// After exec `id` was stopped: SIGCONT to its group, which gets the terminal first when
+    /// `foreground`.
+    pub fn resume(&self, id: u64, foreground: bool) {
+        let _ = self.send(&ToSandbox::Resume { id, foreground }, &[]);
     }
 
     /// SIGTERM to everything in the sandbox, SIGKILL after `grace`; the sandbox then exits.
@@ -245,6 +258,11 @@ fn read_loop(sock: &OwnedFd, state: &Mutex<State>, gone: watch::Sender<bool>) {
                     && let Some(tx) = w.started.take()
                 {
                     let _ = tx.send(Err(error));
+                }
+            }
+            FromSandbox::Stopped { id, signal } => {
+                if let Some(w) = state.waiting.get(&id) {
+                    let _ = w.stops.send(signal);
                 }
             }
             FromSandbox::Exited { id, status } => {

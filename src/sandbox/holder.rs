@@ -59,12 +59,13 @@ pub fn holder_main() -> i32 {
     };
     let built = build(&spec);
     let sent = match &built {
-        Ok((kinds, fds)) => {
+        Ok((kinds, fds, notes)) => {
             let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
             fdpass::send(
                 &sock,
                 &FromSandbox::Built {
                     kinds: kinds.clone(),
+                    notes: notes.clone(),
                 },
                 &raw,
             )
@@ -194,8 +195,8 @@ fn init(sock: OwnedFd) -> i32 {
 
 struct Running {
     id: u64,
-    /// Signals go to the process group (the command leads a session of its own).
-    group: bool,
+    /// The terminal netcage runs on, to give back to the command's group when it resumes.
+    tty: Option<OwnedFd>,
 }
 
 /// A forked command that has not exec'd yet: its status pipe (close-on-exec) reaches EOF at
@@ -204,7 +205,7 @@ struct Running {
 struct Starting {
     id: u64,
     pid: Pid,
-    group: bool,
+    tty: Option<OwnedFd>,
     status: OwnedFd,
 }
 
@@ -249,6 +250,9 @@ impl Init {
                 match fdpass::recv::<ToSandbox>(&self.sock) {
                     Ok(Some((ToSandbox::Spawn(req), fds))) => self.spawn(req, fds),
                     Ok(Some((ToSandbox::Signal { id, signal }, _))) => self.signal(id, signal),
+                    Ok(Some((ToSandbox::Resume { id, foreground }, _))) => {
+                        self.resume(id, foreground)
+                    }
                     Ok(Some((ToSandbox::Shutdown { grace_ms }, _))) => {
                         return self.shutdown(Duration::from_millis(grace_ms));
                     }
@@ -262,10 +266,10 @@ impl Init {
     fn spawn(&mut self, req: Spawn, fds: Vec<OwnedFd>) {
         let id = req.id;
         match start(req, fds) {
-            Ok((pid, group, status)) => self.starting.push(Starting {
+            Ok((pid, tty, status)) => self.starting.push(Starting {
                 id,
                 pid,
-                group,
+                tty,
                 status,
             }),
             Err(error) => {
@@ -287,7 +291,7 @@ impl Init {
                 s.pid,
                 Running {
                     id: s.id,
-                    group: s.group,
+                    tty: s.tty,
                 },
             );
             FromSandbox::Started {
@@ -309,19 +313,28 @@ impl Init {
         };
         for (pid, running) in &self.running {
             if running.id == id {
-                let target = if running.group {
-                    Pid::from_raw(-pid.as_raw())
-                } else {
-                    *pid
-                };
-                let _ = kill(target, sig);
+                // Every command leads a process group of its own.
+                let _ = kill(Pid::from_raw(-pid.as_raw()), sig);
+            }
+        }
+    }
+
+    /// Job control: the command's group gets the terminal back (init shares netcage's
+    /// session, and ignores SIGTTOU like every signal), then SIGCONT.
+    fn resume(&self, id: u64, foreground: bool) {
+        for (pid, running) in &self.running {
+            if running.id == id {
+                if let Some(tty) = running.tty.as_ref().filter(|_| foreground) {
+                    let _ = nix::unistd::tcsetpgrp(tty, *pid);
+                }
+                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGCONT);
             }
         }
     }
 
     /// Reaps every child that has exited (orphans included) and reports the commands'.
     fn reap(&mut self) {
-        self.reap_with(Some(WaitPidFlag::WNOHANG));
+        self.reap_with(Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED));
     }
 
     /// With no flags: until no child is left.
@@ -332,6 +345,16 @@ impl Init {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     (pid, sig as i32 | if core { 0x80 } else { 0 })
+                }
+                Ok(WaitStatus::Stopped(pid, sig)) => {
+                    if let Some(running) = self.running.get(&pid) {
+                        let msg = FromSandbox::Stopped {
+                            id: running.id,
+                            signal: sig as i32,
+                        };
+                        let _ = fdpass::send(&self.sock, &msg, &[]);
+                    }
+                    continue;
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
@@ -378,10 +401,30 @@ impl Init {
     }
 }
 
-/// Forks one command, which execs on its own; returns its pid, whether it leads a process
-/// group, and its status pipe (EOF at exec, or the error).
-fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool, OwnedFd), String> {
+/// What `start` hands init: the pid, the terminal (kept for job control), the status pipe
+/// (EOF at exec, or the error).
+type Forked = (Pid, Option<OwnedFd>, OwnedFd);
+
+/// Forks one command, which execs on its own, in a process group of its own.
+fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<Forked, String> {
     let program = req.program();
+    // The terminal (one of the stdio descriptors), kept by init to hand it back on resume.
+    let tty = match req.tty.filter(|_| !req.new_session) {
+        Some(index) => {
+            let slot = req.stdio[..usize::from(index).min(2)]
+                .iter()
+                .filter(|present| **present)
+                .count();
+            fds.get(slot)
+                .filter(|_| req.stdio.get(usize::from(index)) == Some(&true))
+                .map(|fd| fd.try_clone())
+                .transpose()
+                .map_err(|e| format!("dup the terminal: {e}"))?
+        }
+        None => None,
+    };
+    let tty_index = tty.as_ref().and(req.tty).map(i32::from);
+    let foreground = req.foreground;
     let mut fds = fds.into_iter();
     let mut stdio = Vec::with_capacity(3);
     for present in req.stdio {
@@ -417,12 +460,10 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool, OwnedFd), String> 
     let rtmax = nix::libc::SIGRTMAX();
     let seccomp = super::seccomp::filter()?;
     // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
-    // only changes that process's own signal mask, session, capabilities and prctl flags.
+    // only changes that process's own signal mask, session or group, terminal foreground,
+    // capabilities, keyring, Landlock domain and prctl flags.
     unsafe {
         cmd.pre_exec(move || {
-            SigSet::all()
-                .thread_unblock()
-                .map_err(std::io::Error::from)?;
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             if new_session {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -434,9 +475,30 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool, OwnedFd), String> 
                         nix::libc::signal(sig, nix::libc::SIG_DFL);
                     }
                 }
+            } else {
+                // A group of its own: `kill(0, …)` reaches only the command's processes, not
+                // the shell or agent that started netcage.
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+                    .map_err(std::io::Error::from)?;
+                if foreground && let Some(fd) = tty_index {
+                    // Still with every signal blocked, so SIGTTOU does not stop us.
+                    let tty = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    nix::unistd::tcsetpgrp(tty, nix::unistd::getpid())
+                        .map_err(std::io::Error::from)?;
+                }
             }
+            SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)?;
             super::caps::drop_all()?;
-            // After no_new_privs (drop_all), which an unprivileged filter needs.
+            // A fresh, empty session keyring (the syscalls are refused from here on anyway).
+            nix::libc::syscall(
+                nix::libc::SYS_keyctl,
+                nix::libc::KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<nix::libc::c_char>(),
+            );
+            // After no_new_privs (drop_all), which Landlock and an unprivileged filter need.
+            super::landlock::scope_signals()?;
             super::seccomp::apply(&seccomp)?;
             Ok(())
         });
@@ -458,7 +520,7 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<(Pid, bool, OwnedFd), String> 
             drop(status_write);
             // The command's stdio descriptors (in `cmd`) close here; the child has its own.
             drop(cmd);
-            Ok((child, new_session, status_read))
+            Ok((child, tty, status_read))
         }
         Err(e) => Err(format!("fork: {e}")),
     }

@@ -34,6 +34,10 @@ pub struct Launched {
     /// The sandbox's /proc (which process owns which socket: `owner.rs`).
     pub proc_dir: OwnedFd,
     pub sockets: SandboxSockets,
+    /// What the holder said about the view (a fallback it took).
+    pub notes: Vec<String>,
+    /// The filesystem view the sandbox was built with (what is hidden, what is writable).
+    pub view: super::layout::Layout,
 }
 
 /// Starts `exe __holder` and waits (blocking) until the sandbox is ready or has failed.
@@ -79,11 +83,13 @@ pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
         .map_err(|e| format!("cannot start the sandbox holder {}: {e}", exe.display()))?;
     drop(theirs);
     match handshake(&ours, spec) {
-        Ok((sockets, proc_dir)) => Ok(Launched {
+        Ok((sockets, proc_dir, notes)) => Ok(Launched {
             holder,
             control: ours,
             proc_dir,
             sockets,
+            notes,
+            view: Default::default(),
         }),
         Err(e) => {
             let _ = holder.kill();
@@ -93,18 +99,20 @@ pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
     }
 }
 
-fn handshake(sock: &OwnedFd, spec: &HolderSpec) -> Result<(SandboxSockets, OwnedFd), String> {
+type Handshake = (SandboxSockets, OwnedFd, Vec<String>);
+
+fn handshake(sock: &OwnedFd, spec: &HolderSpec) -> Result<Handshake, String> {
     let died = || "the sandbox process died while starting".to_owned();
     fdpass::send(sock, spec, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
-    let sockets = match fdpass::recv::<FromSandbox>(sock) {
-        Ok(Some((FromSandbox::Built { kinds }, fds))) => sockets_from(&kinds, fds),
+    let (sockets, notes) = match fdpass::recv::<FromSandbox>(sock) {
+        Ok(Some((FromSandbox::Built { kinds, notes }, fds))) => (sockets_from(&kinds, fds), notes),
         Ok(Some((FromSandbox::BuildFailed(msg), _))) => return Err(msg),
         Ok(_) => return Err(died()),
         Err(e) => return Err(format!("reading from the sandbox: {e}")),
     };
     match fdpass::recv::<FromSandbox>(sock) {
         Ok(Some((FromSandbox::Ready, mut fds))) if fds.len() == 1 => {
-            Ok((sockets, fds.pop().ok_or_else(died)?))
+            Ok((sockets, fds.pop().ok_or_else(died)?, notes))
         }
         Ok(Some((FromSandbox::BuildFailed(msg), _))) => Err(msg),
         Ok(_) => Err(died()),

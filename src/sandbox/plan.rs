@@ -1,8 +1,6 @@
 //! The sandbox *plan*: everything Tier 1 will set up, computed without side effects so it can be
 //! unit-tested without privileges. `launch` applies it.
 
-use std::path::{Path, PathBuf};
-
 /// NFLOG group that dropped packets are logged to.
 pub const NFLOG_GROUP: u16 = 7;
 
@@ -82,53 +80,6 @@ pub fn nft_ruleset(p: &Ports) -> String {
     )
 }
 
-/// What the child's filesystem view needs: the data dir (key, CA key) hidden behind an empty
-/// tmpfs that holds only the public CA files; a key file or audit log elsewhere covered too; and
-/// `/run`, where host daemons keep their sockets (docker, containerd, systemd, dbus, nscd), behind
-/// an empty tmpfs, since a Unix socket would reach the host's services around the network
-/// namespace.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MountPlan {
-    /// tmpfs mounted over this directory.
-    pub hide_dir: PathBuf,
-    /// Files copied into that tmpfs: (name, the file to copy, read before it is hidden).
-    pub public_files: Vec<(String, PathBuf)>,
-    /// Files outside `hide_dir` covered by an empty file (bind mount of /dev/null).
-    pub hide_files: Vec<PathBuf>,
-    /// Directories covered by an empty tmpfs after everything else.
-    pub empty_dirs: Vec<PathBuf>,
-}
-
-/// Where host daemons' sockets live.
-pub const DAEMON_DIRS: &[&str] = &["/run", "/var/run"];
-
-pub fn mount_plan(
-    data_dir: &Path,
-    secret_files: &[PathBuf],
-    public_files: Vec<(String, PathBuf)>,
-) -> MountPlan {
-    let hide_files = secret_files
-        .iter()
-        // Files and sockets (serve's control socket); bind mounts need a non-directory.
-        .filter(|f| !f.starts_with(data_dir) && f.metadata().is_ok_and(|m| !m.is_dir()))
-        .cloned()
-        .collect();
-    // A data dir under /run stays reachable (the command needs its public CA files); a symlink
-    // (/var/run -> /run) is covered by its target.
-    let empty_dirs = DAEMON_DIRS
-        .iter()
-        .map(PathBuf::from)
-        .filter(|d| !data_dir.starts_with(d))
-        .filter(|d| d.symlink_metadata().is_ok_and(|m| m.is_dir()))
-        .collect();
-    MountPlan {
-        hide_dir: data_dir.to_owned(),
-        public_files,
-        hide_files,
-        empty_dirs,
-    }
-}
-
 /// Variables that would send clients to a proxy of their own; Tier 1 needs none, and they would
 /// only make clients fail.
 pub const PROXY_VARS: &[&str] = &[
@@ -179,24 +130,5 @@ mod tests {
         });
         assert!(!rules.contains("nfproto ipv6 meta l4proto tcp redirect"));
         assert!(rules.contains("drop"));
-    }
-
-    #[test]
-    fn key_file_outside_the_data_dir_is_hidden_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("db");
-        let key = dir.path().join("key");
-        std::fs::write(&key, b"k").unwrap();
-        let audit = dir.path().join("audit.jsonl");
-        std::fs::write(&audit, b"").unwrap();
-        let plan = mount_plan(&data, &[key.clone(), audit.clone()], vec![]);
-        assert_eq!(plan.hide_files, vec![key.clone(), audit]);
-        let inside = mount_plan(&data, &[data.join(".vault_key")], vec![]);
-        assert!(inside.hide_files.is_empty());
-        if Path::new("/run").is_dir() {
-            assert!(plan.empty_dirs.contains(&PathBuf::from("/run")));
-            let under_run = mount_plan(Path::new("/run/starpod"), &[], vec![]);
-            assert!(!under_run.empty_dirs.contains(&PathBuf::from("/run")));
-        }
     }
 }

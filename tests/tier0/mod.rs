@@ -79,6 +79,9 @@ impl Fx {
     pub fn run_cmd(&self, opts: &[&str], child: &[&str]) -> Command {
         let mut cmd = Command::new(netcage_bin());
         isolate_client_env(&mut cmd, self.env.root());
+        // The scratch root is the command's working directory: in Tier 1 that is where it may
+        // write (and /tmp, where the scratch root lives, is the sandbox's own).
+        cmd.current_dir(self.env.root());
         cmd.args(["run", "--tier", crate::TIER])
             .env("NETCAGE_TEST_TIER", crate::TIER);
         self.common_args(&mut cmd);

@@ -1,0 +1,433 @@
+//! Applies a `layout::Layout` in the holder's new mount namespace, one op at a time (the
+//! order is the layout's). Uses the mount API of Linux 5.12+ (`open_tree`, `move_mount`,
+//! `mount_setattr`, `fsopen`/`fsmount`), which works the same as root and inside a user
+//! namespace.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MsFlags, mount};
+
+use super::layout::Op;
+
+// linux/mount.h and linux/fcntl.h; libc does not name them all.
+const OPEN_TREE_CLONE: u32 = 1;
+const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+const AT_RECURSIVE: u32 = 0x8000;
+const AT_EMPTY_PATH: u32 = libc::AT_EMPTY_PATH as u32;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u32 = 0x2;
+const MOUNT_ATTR_NODEV: u32 = 0x4;
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const FSMOUNT_CLOEXEC: u32 = 1;
+
+/// Device nodes of the minimal /dev (bubblewrap's set).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `mount_setattr(2)`'s argument.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn cpath(path: &Path) -> Result<CString, String> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", path.display()))
+}
+
+fn errno(what: &str) -> String {
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        format!("{what}: the kernel lacks the mount API of Linux 5.12 (Tier 1 needs it)")
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
+/// A detached copy of the mount (tree) at `path` (`dfd`-relative, or the mount `dfd` itself
+/// when `path` is empty).
+fn open_tree(dfd: RawFd, path: &Path, recursive: bool) -> Result<OwnedFd, String> {
+    let c = cpath(path)?;
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    if path.as_os_str().is_empty() {
+        flags |= AT_EMPTY_PATH;
+    }
+    // SAFETY: open_tree takes a descriptor, a NUL-terminated path and flags; it returns a new
+    // descriptor, which we own from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dfd, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(errno(&format!("copy the mount at {}", path.display())));
+    }
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Mounts the detached tree `tree` at `target`.
+fn move_mount(tree: &OwnedFd, target: &Path) -> Result<(), String> {
+    let empty = CString::default();
+    let to = cpath(target)?;
+    // SAFETY: move_mount takes two (descriptor, NUL-terminated path) pairs and flags; it only
+    // changes this process's mount namespace.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(errno(&format!("mount at {}", target.display())));
+    }
+    Ok(())
+}
+
+/// Sets `attr` on the mount at `path` (or on the detached mount `dfd` with an empty path),
+/// and on every mount below it when `recursive`.
+fn set_attr(dfd: RawFd, path: &Path, recursive: bool, attr: u64) -> Result<(), String> {
+    let c = cpath(path)?;
+    let mut flags = 0;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    if path.as_os_str().is_empty() {
+        flags |= AT_EMPTY_PATH;
+    }
+    let attr = MountAttr {
+        attr_set: attr,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live, properly laid
+    // out struct and a NUL-terminated path; it changes only mounts of this mount namespace.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dfd,
+            c.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(errno(&format!("make {} read-only", path.display())));
+    }
+    Ok(())
+}
+
+/// Makes `path` read-only (and every mount below it when `recursive`).
+fn read_only(path: &Path, recursive: bool) -> Result<(), String> {
+    set_attr(libc::AT_FDCWD, path, recursive, MOUNT_ATTR_RDONLY)
+}
+
+/// A new tmpfs that is not mounted anywhere (yet).
+fn detached_tmpfs(mode: &str) -> Result<OwnedFd, String> {
+    let call = |what: &str, rc: libc::c_long| -> Result<libc::c_long, String> {
+        if rc < 0 { Err(errno(what)) } else { Ok(rc) }
+    };
+    let name = c"tmpfs";
+    // SAFETY: fsopen takes a NUL-terminated file system name and flags and returns a new
+    // descriptor, owned below.
+    let fs = call("fsopen(tmpfs)", unsafe {
+        libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC)
+    })?;
+    // SAFETY: `fs` is the fresh descriptor fsopen returned.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    let key = c"mode";
+    let value = CString::new(mode).map_err(|e| e.to_string())?;
+    // SAFETY: fsconfig reads NUL-terminated key and value strings; the fs context is ours.
+    call("fsconfig(tmpfs mode)", unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: as above; CMD_CREATE takes no key or value.
+    call("fsconfig(create tmpfs)", unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    })?;
+    // SAFETY: fsmount takes the fs context and flags and returns a new mount descriptor.
+    let mnt = call("fsmount(tmpfs)", unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )
+    })?;
+    // SAFETY: `mnt` is the fresh descriptor fsmount returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
+}
+
+/// `/proc/self/fd/N/REL`: a path into a detached mount, for APIs that take paths.
+fn fd_path(fd: &OwnedFd, rel: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{rel}", fd.as_raw_fd()))
+}
+
+fn tmpfs(path: &Path, flags: MsFlags, data: &str) -> Result<(), String> {
+    mount(Some("tmpfs"), path, Some("tmpfs"), flags, Some(data))
+        .map_err(|e| format!("mount a tmpfs on {}: {e}", path.display()))
+}
+
+fn bind(path: &Path) -> Result<(), String> {
+    mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} onto itself: {e}", path.display()))
+}
+
+/// Overlay options quote `\`, `,` and `:` in paths with a backslash.
+fn overlay_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Creates `path` (a directory, or an empty file when `file`) and its missing parents. Only
+/// works where the holder may write: in the fresh tmpfs of the view.
+fn make_mount_point(path: &Path, file: bool) -> Result<(), String> {
+    if path.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let made = if file {
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, b""))
+    } else {
+        std::fs::create_dir_all(path)
+    };
+    made.map_err(|e| format!("make the mount point {}: {e}", path.display()))
+}
+
+/// What [`apply`] keeps between ops.
+#[derive(Default)]
+struct State {
+    captured: HashMap<usize, (OwnedFd, bool)>,
+    /// A read-only detached tmpfs holding one empty file (`empty`) and directory.
+    empties: Option<OwnedFd>,
+    /// The data dir's public files, read before anything was hidden.
+    public: HashMap<PathBuf, Vec<u8>>,
+    notes: Vec<String>,
+}
+
+impl State {
+    fn empties(&mut self) -> Result<&OwnedFd, String> {
+        if self.empties.is_none() {
+            let mnt = detached_tmpfs("0755")?;
+            std::fs::write(fd_path(&mnt, "empty"), b"")
+                .map_err(|e| format!("make an empty file: {e}"))?;
+            set_attr(mnt.as_raw_fd(), Path::new(""), false, MOUNT_ATTR_RDONLY)?;
+            self.empties = Some(mnt);
+        }
+        Ok(self.empties.as_ref().expect("set above"))
+    }
+}
+
+/// Applies `ops` in order. Returns notes for the user (a fallback that was taken).
+pub fn apply(ops: &[Op]) -> Result<Vec<String>, String> {
+    let mut st = State::default();
+    // Public files first: they may sit where a later op hides them.
+    for op in ops {
+        if let Op::DataDir { files, .. } = op {
+            for (_, src) in files {
+                let data = std::fs::read(src)
+                    .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+                st.public.insert(src.clone(), data);
+            }
+        }
+    }
+    for op in ops {
+        apply_one(op, &mut st)?;
+    }
+    Ok(st.notes)
+}
+
+fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    match op {
+        Op::Capture { slot, path } => {
+            let is_file = !path.is_dir();
+            let tree = open_tree(libc::AT_FDCWD, path, true)?;
+            st.captured.insert(*slot, (tree, is_file));
+        }
+        Op::ReadOnlyRoot => read_only(Path::new("/"), true)?,
+        Op::Tmpfs { path, mode } => tmpfs(path, nosuid_nodev, &format!("mode={mode:o}"))?,
+        Op::Dev => dev()?,
+        Op::Overlay { path } => {
+            if let Err(e) = overlay(path) {
+                // Still read-only: stricter, never weaker.
+                st.notes.push(format!(
+                    "{} is read-only instead of a throwaway layer ({e})",
+                    path.display()
+                ));
+            }
+        }
+        Op::Attach { slot, path } => {
+            let (tree, is_file) = st
+                .captured
+                .remove(slot)
+                .ok_or_else(|| format!("nothing captured for {}", path.display()))?;
+            make_mount_point(path, is_file)?;
+            move_mount(&tree, path)?;
+        }
+        Op::Pin { path } => {
+            if path.is_dir() {
+                bind(path)?;
+            }
+        }
+        Op::HideDir { path } => {
+            if path.is_dir() {
+                tmpfs(
+                    path,
+                    nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                    "mode=0700,size=4k,nr_inodes=1",
+                )?;
+            }
+        }
+        Op::HideFile { path } => {
+            let meta = path.symlink_metadata();
+            if meta.is_ok_and(|m| !m.is_dir() && !m.file_type().is_symlink()) {
+                let empties = st.empties()?;
+                let file = open_tree(empties.as_raw_fd(), Path::new("empty"), false)?;
+                move_mount(&file, path)?;
+            }
+        }
+        Op::DataDir { path, files } => {
+            make_mount_point(path, false)?;
+            tmpfs(
+                path,
+                nosuid_nodev | MsFlags::MS_NOEXEC,
+                "mode=0755,size=16m",
+            )?;
+            for (name, src) in files {
+                let data = st.public.get(src).map(Vec::as_slice).unwrap_or_default();
+                std::fs::write(path.join(name), data)
+                    .map_err(|e| format!("write {name} in the sandbox: {e}"))?;
+            }
+            read_only(path, false)?;
+        }
+        Op::ReadOnly { path } => {
+            if path.symlink_metadata().is_ok() {
+                bind(path)?;
+                read_only(path, true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A throwaway layer over `path`: overlayfs, lower `path` itself, upper and work dirs on a
+/// tmpfs that is mounted nowhere else (so nothing can write to it behind the overlay's back).
+fn overlay(path: &Path) -> Result<(), String> {
+    let scratch = detached_tmpfs("0755")?;
+    for dir in ["up", "work"] {
+        std::fs::create_dir(fd_path(&scratch, dir))
+            .map_err(|e| format!("make the overlay's {dir} dir: {e}"))?;
+    }
+    // The upper root takes the lower's owner and mode, so the layer looks like `path`.
+    if let Ok(meta) = path.metadata() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let up = fd_path(&scratch, "up");
+        let _ = std::os::unix::fs::chown(&up, Some(meta.uid()), Some(meta.gid()));
+        let _ =
+            std::fs::set_permissions(&up, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay_escape(path),
+        overlay_escape(&fd_path(&scratch, "up")),
+        overlay_escape(&fd_path(&scratch, "work")),
+    );
+    mount(
+        Some("overlay"),
+        path,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("overlay on {}: {e}", path.display()))
+}
+
+/// The minimal /dev.
+fn dev() -> Result<(), String> {
+    let dev = Path::new("/dev");
+    // Copies of the host's device nodes, taken before /dev is covered.
+    let mut nodes = Vec::new();
+    for name in DEVICES {
+        let host = dev.join(name);
+        if host.exists() {
+            nodes.push((name, open_tree(libc::AT_FDCWD, &host, false)?));
+        }
+    }
+    tmpfs(
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for (name, node) in nodes {
+        let path = dev.join(name);
+        make_mount_point(&path, true)?;
+        move_mount(&node, &path)?;
+    }
+    let pts = dev.join("pts");
+    make_mount_point(&pts, false)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    )
+    .map_err(|e| format!("mount a devpts on /dev/pts: {e}"))?;
+    let shm = dev.join("shm");
+    make_mount_point(&shm, false)?;
+    tmpfs(&shm, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(link))
+            .map_err(|e| format!("make /dev/{link}: {e}"))?;
+    }
+    // Nothing more is created in /dev; its submounts (the nodes, pts, shm) keep their flags.
+    read_only(dev, false)
+}
