@@ -8,6 +8,8 @@
 //!   redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
+//! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
+//!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.
 //! - [`learn`]: `--learn`, the hosts a run reached as a default-deny policy.
 //! - [`ca`]: the local CA, leaf certificates, the trust bundle.
@@ -25,6 +27,7 @@ mod api;
 pub mod audit;
 pub mod ca;
 mod der;
+pub mod env;
 pub mod hosts;
 pub mod keytrust;
 pub mod learn;

@@ -1,5 +1,6 @@
 //! `netcage.toml` (DESIGN §6) and the decisions it drives. Pure: no I/O beyond reading the file.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -82,12 +83,105 @@ pub struct Policy {
     pub files: FilesConfig,
 }
 
-/// Addresses of cloud metadata services: denied unless the allow list names them exactly.
-pub const METADATA_HOSTS: &[&str] = &[
-    "169.254.169.254",
-    "fd00:ec2::254",
-    "metadata.google.internal",
+/// Cloud metadata and credential endpoints: refused unless the allow list names one exactly
+/// (by the same name, or by the same address). An entry is an address, a prefix (`ADDR/LEN`)
+/// or a name; addresses also count in their IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// and NAT64 (`64:ff9b::a.b.c.d`) forms. A name that only *resolves* to one of these addresses
+/// (`2852039166` is 169.254.169.254 to getaddrinfo) is caught where the proxy resolves it
+/// (`proxy::upstream`).
+pub const METADATA_HOSTS: &[(&str, &str)] = &[
+    (
+        "169.254.0.0/16",
+        "IPv4 link-local: the metadata services of AWS, Azure, GCP, Oracle, DigitalOcean, \
+         OpenStack (169.254.169.254), ECS task credentials (169.254.170.2), EKS Pod Identity \
+         (169.254.170.23), Tencent (169.254.0.23)",
+    ),
+    ("fe80::/10", "IPv6 link-local"),
+    ("fd00:ec2::254", "AWS instance metadata over IPv6"),
+    ("fd00:ec2::23", "EKS Pod Identity over IPv6"),
+    ("fd20:ce::254", "GCP metadata over IPv6"),
+    ("100.100.100.200", "Alibaba Cloud metadata"),
+    ("192.0.0.192", "Oracle Cloud metadata (older instances)"),
+    (
+        "168.63.129.16",
+        "Azure WireServer: VM agent configuration and certificates",
+    ),
+    ("metadata.google.internal", "GCP"),
+    ("metadata.goog", "GCP"),
+    (
+        "metadata",
+        "GCP's short name (through the resolv.conf search list)",
+    ),
+    ("instance-data", "AWS"),
+    ("instance-data.ec2.internal", "AWS"),
+    ("metadata.tencentyun.com", "Tencent Cloud"),
+    ("metadata.platformequinix.com", "Equinix Metal"),
+    ("metadata.packet.net", "Equinix Metal (old name)"),
 ];
+
+/// Whether `host` (a name, or an IP literal with or without `[]`) is in [`METADATA_HOSTS`].
+pub fn is_metadata(host: &str) -> bool {
+    let host = hosts::normalize(host);
+    // An IPv6 zone (`fe80::1%eth0`, `%25eth0` in a URL) does not change the address.
+    let address = host.split('%').next().unwrap_or(&host);
+    match address.parse::<IpAddr>() {
+        Ok(ip) => is_metadata_ip(ip),
+        Err(_) => METADATA_HOSTS.iter().any(|(entry, _)| *entry == host),
+    }
+}
+
+/// Whether `ip` is a metadata address of [`METADATA_HOSTS`], in any of its IPv6 forms.
+pub fn is_metadata_ip(ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    METADATA_HOSTS.iter().any(|(entry, _)| in_prefix(ip, entry))
+}
+
+/// An IPv4 address written as IPv6 (mapped, compatible, or NAT64 `64:ff9b::/96`) as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let compatible = s[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified());
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if compatible || nat64 {
+        let o = v6.octets();
+        return IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    ip
+}
+
+/// Whether `ip` is the address `entry` or inside the prefix `entry` (`ADDR/LEN`). A name never
+/// matches.
+fn in_prefix(ip: IpAddr, entry: &str) -> bool {
+    let (addr, len) = match entry.split_once('/') {
+        Some((addr, len)) => (addr, len.parse::<u32>().ok()),
+        None => (entry, None),
+    };
+    match (ip, addr.parse::<IpAddr>()) {
+        (IpAddr::V4(ip), Ok(IpAddr::V4(net))) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), Ok(IpAddr::V6(net))) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The same host: the same address (in any IPv6 form of an IPv4 one), or the same name.
+fn same_host(a: &str, b: &str) -> bool {
+    match (hosts::ip_literal(a), hosts::ip_literal(b)) {
+        (Some(a), Some(b)) => canonical_ip(a) == canonical_ip(b),
+        (None, None) => hosts::normalize(a) == hosts::normalize(b),
+        _ => false,
+    }
+}
 
 /// Whether a connection may go to a host, and which rule said so (for the audit log).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,14 +278,8 @@ impl Policy {
             return deny(format!("egress.deny {p}"));
         }
         let host_n = hosts::normalize(host);
-        let is_metadata = METADATA_HOSTS
-            .iter()
-            .any(|m| hosts::pattern_matches(m, &host_n));
-        let exact_allow = self
-            .egress
-            .allow
-            .iter()
-            .find(|p| hosts::normalize(p) == host_n);
+        let is_metadata = is_metadata(&host_n);
+        let exact_allow = self.egress.allow.iter().find(|p| same_host(p, &host_n));
         if is_metadata || is_loopback(&host_n) {
             let what = if is_metadata {
                 "cloud metadata address"
@@ -282,6 +370,76 @@ mod tests {
             let v = p.egress(host);
             assert!(!v.allowed && v.rule.contains("loopback"), "{host}: {v:?}");
         }
+    }
+
+    #[test]
+    fn every_metadata_endpoint_is_refused_by_default() {
+        let p = Policy::default();
+        for host in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.170.23",
+            "169.254.0.23",
+            "169.254.0.0",
+            "169.254.255.255",
+            "[fe80::1]",
+            "fe80::a:b:c:d",
+            "febf:ffff::1",
+            "fe80::1%eth0",
+            "[fe80::1%25lo]",
+            "fd00:ec2::254",
+            "[fd00:ec2::23]",
+            "fd20:ce::254",
+            "100.100.100.200",
+            "192.0.0.192",
+            "168.63.129.16",
+            "::ffff:169.254.170.2",
+            "[::ffff:a9fe:a9fe]",
+            "[::169.254.169.254]",
+            "64:ff9b::169.254.169.254",
+            "metadata.google.internal",
+            "METADATA.google.internal.",
+            "metadata.goog",
+            "metadata",
+            "instance-data",
+            "instance-data.ec2.internal",
+            "metadata.tencentyun.com",
+        ] {
+            let v = p.egress(host);
+            assert!(
+                !v.allowed && v.rule.contains("cloud metadata"),
+                "{host}: {v:?}"
+            );
+        }
+        for host in [
+            "169.253.255.255",
+            "169.255.0.0",
+            "fec0::1",
+            "fe7f::1",
+            "100.100.100.201",
+            "192.0.0.193",
+            "fd00:ec2::255",
+            "[::ffff:8.8.8.8]",
+            "metadata.example.com",
+            "my-metadata",
+            "api.github.com",
+        ] {
+            assert!(p.egress(host).allowed, "{host}");
+        }
+    }
+
+    #[test]
+    fn a_metadata_endpoint_is_reached_only_by_an_exact_allow() {
+        let p = policy(
+            r#"[egress]
+allow = ["*", "*.internal", "169.254.170.2", "metadata.goog"]"#,
+        );
+        assert!(p.egress("169.254.170.2").allowed);
+        assert!(p.egress("[::ffff:169.254.170.2]").allowed);
+        assert!(p.egress("metadata.goog").allowed);
+        assert!(!p.egress("169.254.169.254").allowed);
+        assert!(!p.egress("metadata.google.internal").allowed);
+        assert!(!p.egress("[fe80::1]").allowed);
     }
 
     #[test]

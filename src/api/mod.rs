@@ -46,6 +46,7 @@ pub use command::{Child, Command, Output, Signaller, Stdio};
 
 use crate::audit::{AuditLog, Event};
 use crate::ca::{self, CA_BUNDLE, CA_CERT, Ca};
+use crate::env::SealedVar;
 use crate::policy::Policy;
 use crate::proxy::dns::{self, SyntheticNames};
 use crate::proxy::{Proxy, ProxyConfig, serve_transparent};
@@ -75,6 +76,7 @@ pub struct SandboxBuilder {
     seal: Vec<(String, Zeroizing<String>, Vec<String>)>,
     tokens: Vec<(String, String)>,
     env: Option<Vec<(OsString, OsString)>>,
+    pass_env: Vec<String>,
     audit: Option<Arc<AuditLog>>,
     hide: Vec<PathBuf>,
     resolve: HashMap<String, IpAddr>,
@@ -91,6 +93,7 @@ pub struct Sandbox {
     execs: Arc<Execs>,
     holder: Mutex<Option<std::process::Child>>,
     env: Arc<Vec<(OsString, OsString)>>,
+    removed_env: Vec<String>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The NFLOG reader thread and the pipe whose closing stops it.
     nflog: Mutex<Option<(std::os::fd::OwnedFd, std::thread::JoinHandle<()>)>>,
@@ -111,6 +114,7 @@ impl Sandbox {
             seal: Vec::new(),
             tokens: Vec::new(),
             env: None,
+            pass_env: Vec::new(),
             audit: None,
             hide: Vec::new(),
             resolve: HashMap::new(),
@@ -156,6 +160,13 @@ impl Sandbox {
     /// The environment every command starts with (sealed variables hold tokens).
     pub fn env(&self) -> &[(OsString, OsString)] {
         &self.env
+    }
+
+    /// The variables withheld from the commands because their names say they hold
+    /// credentials or reach a key agent (see [`crate::env::WITHHELD`]; keep one with
+    /// [`SandboxBuilder::pass_env`]). Names only, never values.
+    pub fn removed_env(&self) -> &[String] {
+        &self.removed_env
     }
 
     fn next_exec_id(&self) -> String {
@@ -256,6 +267,11 @@ impl SandboxBuilder {
 
     /// Commands start with an empty environment (plus the sealed variables and the CA trust
     /// variables) instead of this process's.
+    ///
+    /// Whichever environment the commands start with, a sealed value found in any other
+    /// variable is replaced by its token, and variables whose names say they hold credentials
+    /// ([`crate::env::WITHHELD`], also ones set with [`SandboxBuilder::env`]) are withheld
+    /// unless they hold a token: see [`SandboxBuilder::pass_env`], [`Sandbox::removed_env`].
     pub fn env_clear(mut self) -> Self {
         self.env = Some(Vec::new());
         self
@@ -268,6 +284,13 @@ impl SandboxBuilder {
             .get_or_insert_with(|| std::env::vars_os().collect());
         env.retain(|(k, _)| k != key.as_ref());
         env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Passes variable `name` on to the commands as it is, although its name says it holds a
+    /// credential (`FOO_TOKEN`, `SSH_AUTH_SOCK`, …), like `--pass-env NAME`.
+    pub fn pass_env(mut self, name: &str) -> Self {
+        self.pass_env.push(name.to_owned());
         self
     }
 
@@ -336,14 +359,27 @@ impl SandboxBuilder {
             },
         };
         let ca = Ca::load_or_create(&self.data_dir).map_err(|e| Error(e.to_string()))?;
-        let mut sealed: Vec<(String, String)> = self.tokens.clone();
+        // A token's value, when this key opens it, is replaced by the token elsewhere too.
+        let mut sealed: Vec<SealedVar> = self
+            .tokens
+            .iter()
+            .map(|(name, tok)| SealedVar {
+                name: name.clone(),
+                token: tok.clone(),
+                value: token::open(&key, tok).ok().map(|s| s.value),
+            })
+            .collect();
         for (name, value, hosts) in &self.seal {
             if hosts.is_empty() {
                 return Err(Error(format!(
                     "seal {name}: name the hosts the value may go to (\"*\" for any)"
                 )));
             }
-            sealed.push((name.clone(), token::seal(&key, value, hosts)));
+            sealed.push(SealedVar {
+                name: name.clone(),
+                token: token::seal(&key, value, hosts),
+                value: Some(value.clone()),
+            });
         }
         let cfg = ProxyConfig {
             key,
@@ -366,6 +402,7 @@ impl SandboxBuilder {
             hide,
             base_env: base,
             sealed,
+            pass_env: self.pass_env,
             netcage,
             prefix: self.exec_prefix,
             write: self.write,
@@ -390,8 +427,10 @@ pub struct Started {
     pub hide: Vec<PathBuf>,
     /// The environment commands start with, before sealing.
     pub base_env: Vec<(OsString, OsString)>,
-    /// Variables that hold tokens.
-    pub sealed: Vec<(String, String)>,
+    /// Variables that hold tokens (with the real values, to replace them elsewhere too).
+    pub sealed: Vec<SealedVar>,
+    /// Credential-named variables to pass on as they are (`--pass-env`).
+    pub pass_env: Vec<String>,
     /// The netcage binary that runs the sandbox side.
     pub netcage: PathBuf,
     /// Exec ids are `PREFIX-N`.
@@ -430,7 +469,7 @@ impl Started {
     /// the current tokio runtime.
     pub fn into_sandbox(self, launched: launch::Launched) -> Result<Sandbox, Error> {
         let data_dir = std::fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
-        let env = command_env(&self.base_env, &self.sealed, &data_dir);
+        let env = command_env(&self.base_env, &self.sealed, &self.pass_env, &data_dir);
         let execs = Execs::new(launched.control, launched.proc_dir)
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
@@ -488,7 +527,8 @@ impl Started {
             proxy,
             execs,
             holder: Mutex::new(Some(launched.holder)),
-            env: Arc::new(env),
+            env: Arc::new(env.env),
+            removed_env: env.removed,
             tasks: Mutex::new(tasks),
             nflog: Mutex::new(nflog),
             next: AtomicU64::new(1),
@@ -498,25 +538,26 @@ impl Started {
     }
 }
 
-/// The commands' environment: the base one, sealed names replaced by tokens, the CA trust
-/// variables pointing at the public copies inside the sandbox, no proxy variables.
+/// The commands' environment: the base one without proxy variables, filtered by
+/// [`crate::env::command_env`] (sealed values become tokens, credential-named variables are
+/// withheld), plus the CA trust variables pointing at the public copies inside the sandbox.
 fn command_env(
     base: &[(OsString, OsString)],
-    sealed: &[(String, String)],
+    sealed: &[SealedVar],
+    pass: &[String],
     data_dir: &Path,
-) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = base
+) -> crate::env::CommandEnv {
+    let base: Vec<(OsString, OsString)> = base
         .iter()
-        .filter(|(k, _)| !sealed.iter().any(|(name, _)| k == name.as_str()))
         .filter(|(k, _)| !plan::PROXY_VARS.iter().any(|p| k == p))
         .cloned()
-        .chain(sealed.iter().map(|(k, v)| (k.into(), v.into())))
         .collect();
+    let mut out = crate::env::command_env(&base, sealed, pass);
     for (var, path) in ca::trust_env(&data_dir.join(CA_BUNDLE), &data_dir.join(CA_CERT)) {
-        env.retain(|(k, _)| k != var);
-        env.push((var.into(), path.into()));
+        out.env.retain(|(k, _)| k != var);
+        out.env.push((var.into(), path.into()));
     }
-    env
+    out
 }
 
 fn default_netcage() -> Result<PathBuf, Error> {

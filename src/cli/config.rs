@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use netcage::audit::AuditLog;
 use netcage::ca::Ca;
+use netcage::env::{CommandEnv, SealedVar};
 use netcage::policy::Policy;
 use netcage::proxy::{ProxyConfig, parse_resolve};
 use netcage::token::{self, Key};
@@ -16,7 +17,7 @@ use netcage::{seal, token::KeyError};
 use zeroize::Zeroizing;
 
 use super::learn::Learning;
-use super::{KeyArgs, PolicyArgs, input_error};
+use super::{EnvArgs, KeyArgs, PolicyArgs, input_error};
 
 /// `--key-file`, else `<data-dir>/.vault_key`.
 pub fn key_path(args: &KeyArgs) -> PathBuf {
@@ -53,12 +54,12 @@ pub fn load_or_ephemeral_key(args: &KeyArgs) -> anyhow::Result<Key> {
     }
 }
 
-/// A fully resolved proxy setup plus the environment the child gets for `--seal`.
+/// A fully resolved proxy setup plus the variables `--seal` turns into tokens.
 pub struct Resolved {
     pub proxy: ProxyConfig,
     /// The audit log file (None for stderr): the sandbox hides it from the command.
     pub audit_path: Option<PathBuf>,
-    pub sealed_env: Vec<(String, String)>,
+    pub sealed_env: Vec<SealedVar>,
     /// `--learn`: fed by the audit writer; report it after the audit log is flushed.
     pub learn: Option<Learning>,
     /// `--write`: writable in the sandbox besides the working directory.
@@ -134,8 +135,12 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     let key = load_or_ephemeral_key(key_args)?;
     let sealed_env = specs
         .iter()
-        .zip(&values)
-        .map(|(spec, value)| (spec.name.clone(), token::seal(&key, value, &spec.hosts)))
+        .zip(values)
+        .map(|(spec, value)| SealedVar {
+            name: spec.name.clone(),
+            token: token::seal(&key, &value, &spec.hosts),
+            value: Some(value),
+        })
         .collect();
     let audit_path = args
         .audit
@@ -174,10 +179,11 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
 
 /// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and
 /// audit log hidden (plus `also_hide`, e.g. serve's socket), netcage's environment with the
-/// sealed tokens, this binary as the holder, exec ids `PREFIX-N`.
+/// sealed tokens (and the `--pass-env` names), this binary as the holder, exec ids `PREFIX-N`.
 pub fn sandbox_config(
     key: &KeyArgs,
     resolved: Resolved,
+    env: &EnvArgs,
     also_hide: Option<PathBuf>,
     prefix: &str,
 ) -> netcage::Started {
@@ -191,6 +197,7 @@ pub fn sandbox_config(
         hide,
         base_env: std::env::vars_os().collect(),
         sealed: resolved.sealed_env,
+        pass_env: env.pass_env.clone(),
         netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
         prefix: prefix.into(),
         write: resolved.write,
@@ -216,10 +223,17 @@ pub fn report_view(view: &netcage::sandbox::layout::Layout) {
     }
 }
 
-/// The environment the child starts with: netcage's own, sealed names replaced by tokens.
-pub fn child_env(sealed: &[(String, String)]) -> Vec<(OsString, OsString)> {
-    std::env::vars_os()
-        .filter(|(k, _)| !sealed.iter().any(|(name, _)| k == name.as_str()))
-        .chain(sealed.iter().map(|(k, v)| (k.into(), v.into())))
-        .collect()
+/// The environment the Tier 0 child starts with: netcage's own, filtered by
+/// [`netcage::env::command_env`] (sealed values become tokens, credential-named variables are
+/// withheld unless `--pass-env`).
+pub fn child_env(sealed: &[SealedVar], pass: &[String]) -> CommandEnv {
+    let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    netcage::env::command_env(&base, sealed, pass)
+}
+
+/// Prints the one line naming the variables withheld from the command, if any were.
+pub fn report_removed(removed: &[String]) {
+    if let Some(line) = netcage::env::removal_notice(removed) {
+        eprintln!("{line}");
+    }
 }

@@ -113,6 +113,15 @@ pub struct PolicyArgs {
     pub learn: Option<Option<PathBuf>>,
 }
 
+/// What of netcage's environment the command gets besides the sealed tokens (`run`, `serve`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct EnvArgs {
+    /// Pass variable NAME on as it is although its name says it holds a credential
+    /// (FOO_TOKEN, *_PASSWORD, SSH_AUTH_SOCK, ...; those are withheld otherwise) (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub pass_env: Vec<String>,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     /// The strongest tier this machine allows
@@ -131,6 +140,8 @@ pub struct RunArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub env: EnvArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
@@ -148,6 +159,8 @@ pub struct ServeArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub env: EnvArgs,
 }
 
 fn parse_grace(s: &str) -> Result<f64, String> {

@@ -11,8 +11,8 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     let resolved = resolve(&args.key, &args.policy)?;
     let bundle = resolved.proxy.ca.bundle_path().to_owned();
-    for (name, token) in &resolved.sealed_env {
-        println!("{name}={token}");
+    for sealed in &resolved.sealed_env {
+        println!("{}={}", sealed.name, sealed.token);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,7 +12,7 @@ use netcage::sandbox::{detect, process};
 use nix::sys::signal::{SigSet, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{Resolved, child_env, report_view, resolve, sandbox_config};
+use super::config::{Resolved, child_env, report_removed, report_view, resolve, sandbox_config};
 
 /// Signals passed on to the command. SIGINT/SIGQUIT come from the terminal to the whole
 /// process group, the command included, so they are not passed on a second time.
@@ -52,7 +52,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let signals = netcage_signals();
     signals.thread_block().context("cannot block signals")?;
     let learn = resolved.learn.clone();
-    let started = sandbox_config(&args.key, resolved, None, "run");
+    let started = sandbox_config(&args.key, resolved, &args.env, None, "run");
     let launched = started.launch();
     match (launched, args.tier) {
         (Ok(launched), _) => {
@@ -66,6 +66,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
             let rt = runtime()?;
             let code = rt.block_on(async move {
                 let sandbox = started.into_sandbox(launched)?;
+                report_removed(sandbox.removed_env());
                 run_netns_tier(sandbox, &args.command, signals).await
             });
             // Lines of responses still in flight are queued once the runtime is gone.
@@ -253,10 +254,10 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     tokio::spawn(serve_explicit(Arc::clone(&proxy), listener));
 
     let url = format!("http://{addr}");
+    let env = child_env(&resolved.sealed_env, &args.env.pass_env);
+    report_removed(&env.removed);
     let mut cmd = std::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env_clear()
-        .envs(child_env(&resolved.sealed_env));
+    cmd.args(&args.command[1..]).env_clear().envs(env.env);
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",

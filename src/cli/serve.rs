@@ -19,7 +19,7 @@ use nix::sys::socket::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::config::{resolve, sandbox_config};
+use super::config::{report_removed, resolve, sandbox_config};
 use super::wire::{Reply, Request};
 use super::{ServeArgs, input_error};
 
@@ -30,7 +30,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let learn = resolved.learn.clone();
     let listener = bind_socket(&args.socket)?;
     let socket_path = std::fs::canonicalize(&args.socket).unwrap_or(args.socket.clone());
-    let started = sandbox_config(&args.key, resolved, Some(socket_path.clone()), "exec");
+    let started = sandbox_config(
+        &args.key,
+        resolved,
+        &args.env,
+        Some(socket_path.clone()),
+        "exec",
+    );
     let result = match started.launch() {
         Ok(launched) => {
             let how = if detect::quick() {
@@ -51,6 +57,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                 .context("cannot start the async runtime")?
                 .block_on(async move {
                     let sandbox = Arc::new(started.into_sandbox(launched)?);
+                    report_removed(sandbox.removed_env());
                     run(sandbox, listener, &socket_path, grace).await
                 })
         }

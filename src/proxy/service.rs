@@ -20,8 +20,8 @@ use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
 use super::decide::Decider;
 use super::{ConnInfo, Proxy, respond};
 use crate::audit::Event;
-use crate::hosts;
 use crate::scan::{self, BodyScanner, RedactSet};
+use crate::{hosts, policy};
 
 /// Request bodies with a `Content-Length` up to this size are read whole before anything goes
 /// upstream, so a blocked token stops the request before a byte leaves and `Content-Length`
@@ -187,7 +187,8 @@ async fn forward(
         ));
     }
 
-    // 2. Egress policy.
+    // 2. Egress policy, for the name and (Tier 1) for a metadata address the connection was
+    //    made to: a request naming another host there is refused rather than sent elsewhere.
     let verdict = proxy.cfg.policy.egress(&name);
     if !verdict.allowed {
         return Err(refuse(
@@ -197,6 +198,20 @@ async fn forward(
             format!(
                 "{name} is not allowed by the egress policy ({})",
                 verdict.rule
+            ),
+        ));
+    }
+    if let Some(target) = &conn.target_host
+        && *target != name
+        && policy::is_metadata(target)
+        && !proxy.cfg.policy.egress(target).allowed
+    {
+        return Err(refuse(
+            event,
+            StatusCode::FORBIDDEN,
+            &name,
+            format!(
+                "the connection went to {target}, a cloud metadata address (allow it by exact address to reach it)"
             ),
         ));
     }
@@ -367,7 +382,12 @@ async fn forward(
             }
             let (status, reason) = respond::upstream_failure(&e, &authority);
             event.bytes_up = bytes_up.load(Ordering::Relaxed);
-            event.decision = "error";
+            // 403: the name led to this machine or a metadata address, refused unconnected.
+            event.decision = if status == StatusCode::FORBIDDEN {
+                "block"
+            } else {
+                "error"
+            };
             event.reason = Some(reason.clone());
             event.tokens = decider
                 .record

@@ -19,6 +19,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::body::ProxyBody;
 use super::{ProxyConfig, ProxyError};
+use crate::policy::{canonical_ip, is_metadata_ip};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, ProxyBody>;
 
@@ -140,10 +141,8 @@ impl Resolver {
         for entry in allow {
             let name = crate::hosts::normalize(entry);
             match crate::hosts::ip_literal(&name) {
-                Some(ip) => trusted.ips.push(ip),
-                None if name == "localhost"
-                    || crate::policy::METADATA_HOSTS.contains(&name.as_str()) =>
-                {
+                Some(ip) => trusted.ips.push(canonical_ip(ip)),
+                None if name == "localhost" || crate::policy::is_metadata(&name) => {
                     trusted.names.push(name)
                 }
                 None => {}
@@ -155,10 +154,12 @@ impl Resolver {
         }
     }
 
-    /// May the proxy connect to `ip` for `name`?
+    /// May the proxy connect to `ip` for `name`? Not to this machine or a cloud metadata
+    /// address (any of 169.254.0.0/16, fe80::/10, … in `policy::METADATA_HOSTS`, in any IPv6
+    /// form), whatever name led there, unless the policy allows that address or name exactly.
     fn reachable(&self, name: &str, ip: IpAddr) -> bool {
-        !(is_this_machine(ip) || is_metadata(ip))
-            || self.trusted.ips.contains(&ip)
+        !(is_this_machine(ip) || is_metadata_ip(ip))
+            || self.trusted.ips.contains(&canonical_ip(ip))
             || self.trusted.names.iter().any(|n| n == name)
     }
 
@@ -206,12 +207,6 @@ impl Resolver {
         }
         Ok(outside)
     }
-}
-
-fn is_metadata(ip: IpAddr) -> bool {
-    crate::policy::METADATA_HOSTS
-        .iter()
-        .any(|m| crate::hosts::ip_literal(m) == Some(ip))
 }
 
 /// Loopback, unspecified, or an address of one of this machine's interfaces.
@@ -284,6 +279,39 @@ mod tests {
                 .refuse_literal("127.0.0.1")
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn numeric_names_for_metadata_addresses_are_refused_after_resolving() {
+        let plain = Resolver::new(&HashMap::new(), &[]);
+        // getaddrinfo reads each of these as 169.254.169.254 (inet_aton forms); no DNS query.
+        for name in [
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "169.254.169.254",
+            "::ffff:169.254.170.2",
+            "100.100.100.200",
+            "fe80::1",
+        ] {
+            let err = plain.lookup(name, 80).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{name}");
+            assert!(err.to_string().contains("metadata"), "{name}: {err}");
+        }
+        for host in ["[::ffff:169.254.170.2]", "169.254.170.23", "192.0.0.192"] {
+            assert!(plain.refuse_literal(host).is_some(), "{host}");
+        }
+        // An exact allow of the address lets every form of it through.
+        let allowing = Resolver::new(&HashMap::new(), &["169.254.169.254".to_owned()]);
+        for name in ["2852039166", "::ffff:169.254.169.254"] {
+            let found = allowing.lookup(name, 80).await.unwrap();
+            assert_eq!(
+                canonical_ip(found[0].ip()),
+                "169.254.169.254".parse::<IpAddr>().unwrap()
+            );
+        }
+        assert!(allowing.lookup("169.254.170.2", 80).await.is_err());
     }
 
     #[tokio::test]
