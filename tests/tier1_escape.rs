@@ -1071,11 +1071,11 @@ fn daemon_sockets_under_run_are_out_of_reach() {
     });
 }
 
-/// A Unix socket the host listens on, in a directory the sandboxed user can reach. The network
-/// namespace does not cover filesystem sockets (docker.sock, nscd, systemd-resolved's varlink
-/// socket…): DESIGN §1.3's "reaching the host's own services" is not enforced for them.
+/// A Unix socket the host listens on, in a directory the sandboxed user can reach (its
+/// working directory): the network namespace does not cover filesystem sockets (docker.sock,
+/// nscd, systemd-resolved's varlink socket…), so the view covers every socket a process
+/// outside is bound to when the sandbox starts.
 #[test]
-#[ignore = "known gap: Tier 1 does not isolate filesystem Unix sockets (see the test's doc)"]
 fn a_unix_socket_on_the_host_is_out_of_reach() {
     for_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1100,33 +1100,43 @@ fn a_unix_socket_on_the_host_is_out_of_reach() {
     });
 }
 
-/// In the root path the command runs as uid 0 (no capabilities): file permissions still let it
-/// write every root-owned file of the host — e.g. a root shell's startup file or a cron job,
-/// code that later runs outside the sandbox with the network and the vault key.
+/// As root the command runs as uid 0 (no capabilities), so file permissions alone would let
+/// it write every root-owned file of the host — a root shell's startup file, a cron job, code
+/// that later runs outside with the network and the vault key. Everything but the working
+/// directory is read-only (or, /tmp, the sandbox's own).
 #[test]
-#[ignore = "known gap: the root path runs the command as host uid 0 (see the test's doc)"]
 fn root_owned_host_files_are_not_writable() {
     for_each_mode(|mode| {
         let fx = Fx::new(mode);
-        let dir = tempfile::Builder::new()
-            .prefix("netcage-root-only-")
-            .tempdir()
-            .unwrap();
-        let file = dir.path().join("startup.sh");
-        std::fs::write(&file, "echo host\n").unwrap();
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        let _ = fx.sh(
-            &[],
-            r#"echo 'touch /tmp/planted-by-the-sandbox' >> "$1""#,
-            &[file.to_str().unwrap()],
-        );
-        assert_eq!(
-            std::fs::read_to_string(&file).unwrap(),
-            "echo host\n",
-            "ESCAPED [{}]: the sandbox appended to a root-owned 0600 file outside it",
-            mode.name()
-        );
+        for base in [std::env::temp_dir(), std::path::PathBuf::from("/var/lib")] {
+            let dir = tempfile::Builder::new()
+                .prefix("netcage-root-only-")
+                .tempdir_in(&base)
+                .unwrap();
+            let file = dir.path().join("startup.sh");
+            std::fs::write(&file, "echo host\n").unwrap();
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            let planted = dir.path().join("planted");
+            let _ = fx.sh(
+                &[],
+                r#"echo 'touch /tmp/planted-by-the-sandbox' >> "$1"; echo x > "$2""#,
+                &[file.to_str().unwrap(), planted.to_str().unwrap()],
+            );
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap(),
+                "echo host\n",
+                "ESCAPED [{}]: the sandbox appended to a root-owned 0600 file in {}",
+                mode.name(),
+                base.display()
+            );
+            assert!(
+                !planted.exists(),
+                "ESCAPED [{}]: the sandbox created a file in {}",
+                mode.name(),
+                base.display()
+            );
+        }
     });
 }
 
