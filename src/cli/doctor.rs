@@ -20,13 +20,32 @@ pub fn doctor() -> anyhow::Result<u8> {
     for knob in detect::userns_knobs() {
         println!("  {knob}");
     }
-    let tier1_possible = (facts.cap_net_admin && facts.netns.is_ok()) || facts.userns.is_ok();
+    let mount_api = detect::mount_api();
+    println!(
+        "mount API of Linux 5.12+:         {}",
+        if mount_api {
+            "yes (the filesystem view)"
+        } else {
+            "no: Tier 1 cannot build its filesystem view; update the kernel"
+        }
+    );
+    let abi = netcage::sandbox::landlock::abi();
+    println!(
+        "Landlock:                         {}",
+        match abi {
+            0 => "no (signals are kept in by process groups and the pid namespace only)".into(),
+            1..=5 => format!("ABI {abi}: no signal scope (needs ABI 6, Linux 6.12)"),
+            _ => format!("ABI {abi}: no signal or ptrace leaves a command"),
+        }
+    );
+    let tier1_possible =
+        mount_api && ((facts.cap_net_admin && facts.netns.is_ok()) || facts.userns.is_ok());
     println!(
         "Tier 1 (netns) on this machine:   {}",
         if tier1_possible {
             "available: `netcage run` uses it by default"
         } else {
-            "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces"
+            "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces, and Linux 5.12+"
         }
     );
     println!(

@@ -51,6 +51,13 @@ pub const HOME_SECRETS: &[(&str, &str)] = &[
     ("~/.codex/auth.json", "Codex CLI login"),
     ("~/.config/github-copilot", "Copilot tokens"),
     ("~/.local/share/keyrings", "GNOME keyring"),
+    ("~/.bash_history", "commands typed, tokens exported on them"),
+    ("~/.zsh_history", "commands typed"),
+    ("~/.local/share/fish/fish_history", "commands typed"),
+    ("~/.python_history", "lines typed"),
+    ("~/.node_repl_history", "lines typed"),
+    ("~/.psql_history", "queries typed"),
+    ("~/.mysql_history", "queries typed"),
     ("~/.mozilla", "Firefox profiles (cookies, saved passwords)"),
     (
         "~/.config/google-chrome",
@@ -143,5 +150,30 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n, "an entry is listed twice");
+    }
+
+    /// README lists every entry (the table here is the one place in the code).
+    #[test]
+    fn readme_names_every_entry() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let entries = HOME_SECRETS
+            .iter()
+            .chain(SYSTEM_SECRETS)
+            .map(|(p, _)| *p)
+            .chain(HOME_CODE.iter().copied())
+            .chain(GIT_CODE.iter().copied());
+        for entry in entries {
+            assert!(
+                readme.contains(&format!("`{entry}`")),
+                "README lacks `{entry}`"
+            );
+        }
+        for r in crate::sandbox::seccomp::REFUSED {
+            assert!(
+                readme.contains(&format!("`{}`", r.name)),
+                "README lacks `{}`",
+                r.name
+            );
+        }
     }
 }

@@ -29,6 +29,24 @@ pub fn facts() -> Facts {
     }
 }
 
+/// Does the kernel have `mount_setattr` (Linux 5.12), the newest call of the mount API the
+/// filesystem view needs? (Asked with invalid arguments: EINVAL or EBADF means it exists.)
+pub fn mount_api() -> bool {
+    // SAFETY: a NULL path and attribute with size 0 make the kernel fail early without
+    // touching memory; only the error tells whether the syscall exists.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<u8>(),
+            0usize,
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
