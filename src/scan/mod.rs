@@ -55,6 +55,7 @@ mod find;
 mod header;
 mod reflect;
 mod target;
+mod values;
 
 pub use body::BodyScanner;
 pub use find::{Form, Found, find_tokens, percent_encode_into};
