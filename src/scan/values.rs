@@ -1,6 +1,7 @@
-//! The search for real secret values, used by the response redactor ([`super::Redactor`]):
-//! `aho-corasick`'s packed SIMD searcher (Teddy) when it can be built for the values, else its
-//! automaton; leftmost-longest, non-overlapping.
+//! The search for real secret values, shared by the response redactor ([`super::Redactor`])
+//! and the request leak guard ([`super::LeakSet`]): `aho-corasick`'s packed SIMD searcher
+//! (Teddy) when it can be built for the values, else its automaton; leftmost-longest,
+//! non-overlapping.
 
 use aho_corasick::packed;
 use aho_corasick::{AhoCorasick, MatchKind, PatternID};
@@ -61,6 +62,15 @@ impl ValueMatcher {
     #[cfg(test)]
     pub(crate) fn is_packed(&self) -> bool {
         matches!(self.engine, Engine::Packed(_))
+    }
+
+    /// The leftmost(-longest) match in `data`, if any value occurs in it.
+    pub(crate) fn first(&self, data: &[u8]) -> Option<Hit> {
+        let m = match &self.engine {
+            Engine::Packed(p) => p.find(data),
+            Engine::Automaton(a) => a.find(data),
+        }?;
+        Some((m.start(), m.end(), m.pattern()))
     }
 
     /// The leftmost-longest matches in `data` from `from` on that start before `stop`, into

@@ -1,0 +1,376 @@
+//! Request side, defense in depth: real secret values in what the client sends. The sandboxed
+//! program should only ever hold tokens; if a real value reached it anyway, the proxy finds the
+//! value itself in the request (before substituting anything) and the caller refuses to send it
+//! where it may not go.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::MIN_REFLECT_LEN;
+use super::find::percent_encode_into;
+use super::header::decode_basic;
+use super::values::ValueMatcher;
+
+/// A compiled set of values to look for, each with the caller's id for it.
+///
+/// A value is looked for as it is and percent-encoded (every byte except
+/// `ALPHA / DIGIT / - . _ ~` as `%XX`, upper-case hex: what form and URL encoders write).
+/// Values shorter than [`MIN_REFLECT_LEN`] are not looked for: they would match everywhere.
+/// The matcher is the redactor's ([`super::Redactor`]); like it, it keeps its own copy of the
+/// values, which is not wiped.
+pub struct LeakSet {
+    matcher: ValueMatcher,
+    /// The caller's id for each pattern.
+    ids: Vec<usize>,
+}
+
+impl std::fmt::Debug for LeakSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print values.
+        f.debug_struct("LeakSet")
+            .field("patterns", &self.ids.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A guarded value was found: the caller's id for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request carries a real secret value")]
+pub struct Leak(pub usize);
+
+impl LeakSet {
+    /// `values`: (value, id). `None` if no value is long enough to look for.
+    pub fn new(values: &[(&[u8], usize)]) -> Option<Arc<Self>> {
+        Self::build(values, true).map(Arc::new)
+    }
+
+    pub(crate) fn build(values: &[(&[u8], usize)], allow_packed: bool) -> Option<Self> {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut ids = Vec::new();
+        for &(value, id) in values {
+            if value.len() < MIN_REFLECT_LEN {
+                continue;
+            }
+            let mut encoded = Zeroizing::new(Vec::new());
+            percent_encode_into(value, &mut encoded);
+            for p in [Zeroizing::new(value.to_vec()), encoded] {
+                if !patterns.iter().any(|q| **q == *p) {
+                    patterns.push(p);
+                    ids.push(id);
+                }
+            }
+        }
+        let refs: Vec<&[u8]> = patterns.iter().map(|p| p.as_slice()).collect();
+        let matcher = ValueMatcher::new(&refs, allow_packed)?;
+        Some(LeakSet { matcher, ids })
+    }
+
+    fn id(&self, pattern: aho_corasick::PatternID) -> usize {
+        self.ids
+            .get(pattern.as_usize())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The id of a value in `data` (the leftmost one found), if there is one.
+    pub fn find(&self, data: &[u8]) -> Option<usize> {
+        self.matcher.first(data).map(|(_, _, p)| self.id(p))
+    }
+
+    /// [`LeakSet::find`] in a request header value and, for `Basic <base64(user:password)>`,
+    /// in the decoded credentials too.
+    pub fn find_in_header(&self, value: &[u8]) -> Option<usize> {
+        self.find(value).or_else(|| {
+            let (_, _, decoded) = decode_basic(value)?;
+            self.find(&decoded)
+        })
+    }
+
+    /// [`LeakSet::find`] in a request target (path and query): as it is, percent-decoded, and
+    /// percent-decoded with `+` as a space (form encoding).
+    pub fn find_in_target(&self, target: &[u8]) -> Option<usize> {
+        if let Some(id) = self.find(target) {
+            return Some(id);
+        }
+        if !target.contains(&b'%') && !target.contains(&b'+') {
+            return None;
+        }
+        let decoded = Zeroizing::new(percent_decode(target, false));
+        if let Some(id) = self.find(&decoded) {
+            return Some(id);
+        }
+        if !target.contains(&b'+') {
+            return None;
+        }
+        let form = Zeroizing::new(percent_decode(target, true));
+        self.find(&form)
+    }
+
+    /// A streaming guard over this set.
+    pub fn scanner(self: &Arc<Self>) -> LeakScanner {
+        LeakScanner {
+            set: self.clone(),
+            held: Zeroizing::new(Vec::new()),
+        }
+    }
+}
+
+/// `%XX` decoded (an escape that is not two hex digits stays as it is); `plus`: `+` is a space.
+fn percent_decode(data: &[u8], plus: bool) -> Vec<u8> {
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while let Some(&b) = data.get(i) {
+        let escape = (b == b'%')
+            .then(|| Some((hex(*data.get(i + 1)?)? << 4) | hex(*data.get(i + 2)?)?))
+            .flatten();
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(if plus && b == b'+' { b' ' } else { b });
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Looks for the values of a [`LeakSet`] in a request body that arrives in chunks, and passes
+/// the body on only as far as it is known to hold no value.
+///
+/// A value split across chunks at any byte is found. Fewer bytes than the longest pattern are
+/// held back between chunks (they may be the start of a value), so when `push` returns
+/// `Err(`[`Leak`]`)` no byte of the value has been released: everything released before lies
+/// before the first occurrence of any value. After `Err` the body must not go on; the scanner
+/// is reset. A chunk is passed on without copying (minus its held-back tail) when nothing is
+/// held before it. The held bytes are wiped when released or dropped.
+pub struct LeakScanner {
+    set: Arc<LeakSet>,
+    /// Stream bytes not yet released (fewer than the longest pattern).
+    held: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for LeakScanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeakScanner")
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeakScanner {
+    /// Bytes currently held back.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Feed one chunk; returns the bytes that are ready (may be empty).
+    pub fn push(&mut self, chunk: Bytes) -> Result<Bytes, Leak> {
+        if chunk.is_empty() {
+            return Ok(chunk);
+        }
+        // A value starting in the held bytes ends within `keep` bytes of the chunk.
+        let keep = self.set.matcher.max_len() - 1;
+        let h = self.held.len();
+        let mut found = None;
+        if h > 0 {
+            let mut joint = Zeroizing::new(Vec::with_capacity(h + keep));
+            joint.extend_from_slice(&self.held);
+            joint.extend_from_slice(chunk.get(..keep).unwrap_or(&chunk));
+            found = self.set.find(&joint);
+        }
+        if let Some(id) = found.or_else(|| self.set.find(&chunk)) {
+            self.held.zeroize();
+            return Err(Leak(id));
+        }
+        let release = (h + chunk.len()).saturating_sub(keep);
+        if h == 0 {
+            self.hold(chunk.get(release..).unwrap_or_default());
+            return Ok(chunk.slice(..release));
+        }
+        let mut out = Vec::with_capacity(release);
+        if release <= h {
+            out.extend_from_slice(self.held.get(..release).unwrap_or_default());
+            self.drop_front(release);
+            self.hold(&chunk);
+        } else {
+            out.extend_from_slice(&self.held);
+            out.extend_from_slice(chunk.get(..release - h).unwrap_or_default());
+            self.held.zeroize();
+            self.hold(chunk.get(release - h..).unwrap_or_default());
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// End of the body: release what is held (it was searched with what came before it).
+    pub fn finish(&mut self) -> Bytes {
+        let out = Bytes::copy_from_slice(&self.held);
+        self.held.zeroize();
+        out
+    }
+
+    /// Append to the held bytes (at most twice the longest pattern, reserved once, so the
+    /// buffer never moves and leaves an unwiped copy behind).
+    fn hold(&mut self, data: &[u8]) {
+        if self.held.capacity() == 0 {
+            self.held = Zeroizing::new(Vec::with_capacity(2 * self.set.matcher.max_len()));
+        }
+        self.held.extend_from_slice(data);
+    }
+
+    /// Remove the first `n` held bytes, wiping the vacated tail.
+    fn drop_front(&mut self, n: usize) {
+        let len = self.held.len();
+        let n = n.min(len);
+        self.held.copy_within(n.., 0);
+        if let Some(tail) = self.held.get_mut(len - n..) {
+            tail.zeroize();
+        }
+        self.held.truncate(len - n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    fn set() -> Arc<LeakSet> {
+        LeakSet::new(&[
+            (b"ghp_secret1", 10),
+            (b"ghp_secret1_longer", 11),
+            (b"short", 12),
+            (b"p@ss/w rd+1", 13),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn short_values_are_not_guarded() {
+        assert!(LeakSet::new(&[(b"short", 1)]).is_none());
+        assert!(LeakSet::new(&[]).is_none());
+        assert_eq!(set().find(b"a short text"), None);
+    }
+
+    #[test]
+    fn finds_values_and_their_percent_encoding() {
+        let s = set();
+        assert_eq!(s.find(b"x ghp_secret1 y"), Some(10));
+        assert_eq!(s.find(b"x ghp_secret1_longer y"), Some(11));
+        assert_eq!(s.find(b"{\"p\":\"p@ss/w rd+1\"}"), Some(13));
+        assert_eq!(s.find(b"p=p%40ss%2Fw%20rd%2B1&x=1"), Some(13));
+        assert_eq!(s.find(b"ghp_secret nothing p@ss/w rd"), None);
+    }
+
+    #[test]
+    fn header_values_and_basic_credentials() {
+        let s = set();
+        assert_eq!(s.find_in_header(b"Bearer ghp_secret1"), Some(10));
+        let basic = |creds: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            )
+        };
+        assert_eq!(
+            s.find_in_header(basic("x-access-token:ghp_secret1").as_bytes()),
+            Some(10)
+        );
+        assert_eq!(
+            s.find_in_header(basic("user:p@ss/w rd+1").as_bytes()),
+            Some(13)
+        );
+        assert_eq!(s.find_in_header(basic("user:password").as_bytes()), None);
+        assert_eq!(s.find_in_header(b"Basic not-base64!"), None);
+    }
+
+    #[test]
+    fn targets_raw_percent_decoded_and_form_decoded() {
+        let s = set();
+        assert_eq!(s.find_in_target(b"/a/ghp_secret1/b"), Some(10));
+        assert_eq!(s.find_in_target(b"/q?k=ghp_secret1&x"), Some(10));
+        // Lower-case hex and needless escapes: only decoding finds these.
+        assert_eq!(s.find_in_target(b"/q?k=%67hp_secret1"), Some(10));
+        assert_eq!(s.find_in_target(b"/q?k=p%40ss%2fw%20rd%2b1"), Some(13));
+        // Form encoding: `+` for the space.
+        assert_eq!(s.find_in_target(b"/q?k=p%40ss%2Fw+rd%2B1"), Some(13));
+        assert_eq!(s.find_in_target(b"/q?k=ghp_secre%ZZ1+%"), None);
+        assert_eq!(percent_decode(b"a%2x%41%4", false), b"a%2xA%4");
+        assert_eq!(percent_decode(b"a+b%2B", true), b"a b+");
+    }
+
+    #[test]
+    fn both_engines() {
+        let values: [(&[u8], usize); 2] = [(b"secret-one", 1), (b"secret-one-two", 2)];
+        let packed = LeakSet::build(&values, true).unwrap();
+        let automaton = LeakSet::build(&values, false).unwrap();
+        assert!(packed.matcher.is_packed());
+        assert!(!automaton.matcher.is_packed());
+        for s in [packed, automaton] {
+            assert_eq!(s.find(b"xx secret-one-two"), Some(2));
+            assert_eq!(s.find(b"xx secret-one-tw"), Some(1));
+            assert_eq!(s.find(b"xx secret-on"), None);
+        }
+    }
+
+    /// Feeds `data` in pieces of `n`; `Ok(output)` or `Err((released before, leak))`.
+    fn stream(data: &[u8], n: usize) -> Result<Vec<u8>, (usize, Leak)> {
+        let mut g = set().scanner();
+        let mut out = Vec::new();
+        for c in data.chunks(n) {
+            match g.push(Bytes::copy_from_slice(c)) {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(leak) => {
+                    assert_eq!(g.held(), 0);
+                    return Err((out.len(), leak));
+                }
+            }
+            assert!(g.held() < 3 * 11);
+        }
+        out.extend_from_slice(&g.finish());
+        assert_eq!(g.held(), 0);
+        Ok(out)
+    }
+
+    #[test]
+    fn streamed_value_found_at_every_chunk_size_before_it_leaves() {
+        let mut data = vec![b'.'; 100];
+        data.extend_from_slice(b"p%40ss%2Fw%20rd%2B1");
+        data.extend_from_slice(&[b'.'; 50]);
+        for n in 1..=data.len() {
+            let (released, leak) = stream(&data, n).unwrap_err();
+            assert_eq!(leak, Leak(13), "chunk size {n}");
+            assert!(released <= 100, "chunk size {n}: {released} bytes released");
+        }
+        let clean = b"ghp_secret nothing to see, ghp_secret_ p@ss/w rd".repeat(3);
+        for n in 1..=clean.len() {
+            assert_eq!(stream(&clean, n).unwrap(), clean, "chunk size {n}");
+        }
+    }
+
+    #[test]
+    fn token_free_chunk_is_zero_copy() {
+        let mut g = set().scanner();
+        let c = Bytes::from(vec![b'x'; 1000]);
+        let o = g.push(c.clone()).unwrap();
+        assert_eq!(o.as_ptr(), c.as_ptr());
+        assert_eq!(o.len() + g.held(), c.len());
+        assert!(g.held() > 0);
+    }
+
+    #[test]
+    fn debug_does_not_print_values() {
+        let s = format!("{:?} {:?}", set(), set().scanner());
+        assert!(!s.contains("secret"), "{s}");
+    }
+}
