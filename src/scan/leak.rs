@@ -16,7 +16,8 @@ use super::values::ValueMatcher;
 /// A compiled set of values to look for, each with the caller's id for it.
 ///
 /// A value is looked for as it is and percent-encoded (every byte except
-/// `ALPHA / DIGIT / - . _ ~` as `%XX`, upper-case hex: what form and URL encoders write).
+/// `ALPHA / DIGIT / - . _ ~` as `%XX`, upper-case hex, a space as `%20` or `+`: what URL and
+/// form encoders write).
 /// Values shorter than [`MIN_REFLECT_LEN`] are not looked for: they would match everywhere.
 /// The matcher is the redactor's ([`super::Redactor`]); like it, it keeps its own copy of the
 /// values, which is not wiped.
@@ -53,9 +54,11 @@ impl LeakSet {
             if value.len() < MIN_REFLECT_LEN {
                 continue;
             }
-            let mut encoded = Zeroizing::new(Vec::new());
-            percent_encode_into(value, &mut encoded);
-            for p in [Zeroizing::new(value.to_vec()), encoded] {
+            for p in [
+                Zeroizing::new(value.to_vec()),
+                encoded(value, false),
+                encoded(value, true),
+            ] {
                 if !patterns.iter().any(|q| **q == *p) {
                     patterns.push(p);
                     ids.push(id);
@@ -115,6 +118,22 @@ impl LeakSet {
             held: Zeroizing::new(Vec::new()),
         }
     }
+}
+
+/// `value` percent-encoded; `form`: a space as `+` (what form encoders write).
+pub(crate) fn encoded(value: &[u8], form: bool) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(3 * value.len()));
+    if !form {
+        percent_encode_into(value, &mut out);
+        return out;
+    }
+    for (i, part) in value.split(|&b| b == b' ').enumerate() {
+        if i > 0 {
+            out.push(b'+');
+        }
+        percent_encode_into(part, &mut out);
+    }
+    out
 }
 
 /// `%XX` decoded (an escape that is not two hex digits stays as it is); `plus`: `+` is a space.
@@ -269,6 +288,9 @@ mod tests {
         assert_eq!(s.find(b"x ghp_secret1_longer y"), Some(11));
         assert_eq!(s.find(b"{\"p\":\"p@ss/w rd+1\"}"), Some(13));
         assert_eq!(s.find(b"p=p%40ss%2Fw%20rd%2B1&x=1"), Some(13));
+        assert_eq!(s.find(b"p=p%40ss%2Fw+rd%2B1&x=1"), Some(13));
+        // Lower-case hex is not looked for in bodies (targets are decoded).
+        assert_eq!(s.find(b"p=p%40ss%2fw%20rd%2b1&x=1"), None);
         assert_eq!(s.find(b"ghp_secret nothing p@ss/w rd"), None);
     }
 

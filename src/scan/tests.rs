@@ -426,8 +426,12 @@ fn leak_patterns(values: &[Vec<u8>]) -> Vec<(Vec<u8>, usize)> {
         if v.len() >= MIN_REFLECT_LEN {
             let mut encoded = Vec::new();
             percent_encode_into(v, &mut encoded);
+            let form = String::from_utf8(encoded.clone())
+                .unwrap()
+                .replace("%20", "+");
             out.push((v.clone(), i));
             out.push((encoded, i));
+            out.push((form.into_bytes(), i));
         }
     }
     out
@@ -507,7 +511,7 @@ proptest! {
         check_guard(&values, &data, &cuts)?;
     }
 
-    /// A percent-encoded value between arbitrary bytes, cut anywhere.
+    /// A percent- or form-encoded value between arbitrary bytes, cut anywhere.
     #[test]
     fn leak_guard_percent_encoded(
         value in proptest::collection::vec(any::<u8>(), MIN_REFLECT_LEN..16),
@@ -515,9 +519,11 @@ proptest! {
         after in proptest::collection::vec(any::<u8>(), 0..40),
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
     ) {
-        let mut data = before.clone();
-        percent_encode_into(&value, &mut data);
-        data.extend_from_slice(&after);
-        check_guard(&[value], &data, &cuts)?;
+        for form in [false, true] {
+            let mut data = before.clone();
+            data.extend_from_slice(&super::leak::encoded(&value, form));
+            data.extend_from_slice(&after);
+            check_guard(std::slice::from_ref(&value), &data, &cuts)?;
+        }
     }
 }
