@@ -47,7 +47,7 @@ use crate::audit::{AuditLog, Event};
 use crate::ca::{self, CA_BUNDLE, CA_CERT, Ca};
 use crate::policy::Policy;
 use crate::proxy::dns::{self, SyntheticNames};
-use crate::proxy::{Proxy, ProxyConfig, serve_transparent};
+use crate::proxy::{Proxy, ProxyConfig, SealedValue, serve_transparent};
 use crate::sandbox::control::HolderSpec;
 use crate::sandbox::execs::{ExecInfo, Execs};
 use crate::sandbox::{detect, launch, plan};
@@ -305,13 +305,24 @@ impl SandboxBuilder {
         };
         let ca = Ca::load_or_create(&self.data_dir).map_err(|e| Error(e.to_string()))?;
         let mut sealed: Vec<(String, String)> = self.tokens.clone();
+        // The leak guard's values: those sealed here, and those of the tokens handed in.
+        let mut values: Vec<SealedValue> = self
+            .tokens
+            .iter()
+            .filter_map(|(_, t)| {
+                let secret = token::open(&key, t).ok()?;
+                Some(SealedValue::new(&secret.value, &secret.hosts, t))
+            })
+            .collect();
         for (name, value, hosts) in &self.seal {
             if hosts.is_empty() {
                 return Err(Error(format!(
                     "seal {name}: name the hosts the value may go to (\"*\" for any)"
                 )));
             }
-            sealed.push((name.clone(), token::seal(&key, value, hosts)));
+            let token = token::seal(&key, value, hosts);
+            values.push(SealedValue::new(value, hosts, &token));
+            sealed.push((name.clone(), token));
         }
         let cfg = ProxyConfig {
             key,
@@ -320,6 +331,7 @@ impl SandboxBuilder {
             upstream_cas: self.upstream_cas,
             audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
             ca: Arc::new(ca),
+            sealed: values,
         };
         let base = self.env.unwrap_or_else(|| std::env::vars_os().collect());
         let mut hide = self.hide;

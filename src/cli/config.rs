@@ -10,7 +10,7 @@ use anyhow::Context;
 use netcage::audit::AuditLog;
 use netcage::ca::Ca;
 use netcage::policy::Policy;
-use netcage::proxy::{ProxyConfig, parse_resolve};
+use netcage::proxy::{ProxyConfig, SealedValue, parse_resolve};
 use netcage::token::{self, Key};
 use netcage::{seal, token::KeyError};
 use zeroize::Zeroizing;
@@ -125,10 +125,16 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         return Err(input_error(problems.join("; ")));
     }
     let key = load_or_ephemeral_key(key_args)?;
+    let mut sealed = Vec::new();
     let sealed_env = specs
         .iter()
         .zip(&values)
-        .map(|(spec, value)| (spec.name.clone(), token::seal(&key, value, &spec.hosts)))
+        .map(|(spec, value)| {
+            let token = token::seal(&key, value, &spec.hosts);
+            // The leak guard's copy: the proxy refuses this value for other hosts.
+            sealed.push(SealedValue::new(value, &spec.hosts, &token));
+            (spec.name.clone(), token)
+        })
         .collect();
     let audit_path = args
         .audit
@@ -158,6 +164,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             upstream_cas,
             audit: Arc::new(audit),
             ca: Arc::new(ca),
+            sealed,
         },
         sealed_env,
         learn,
