@@ -25,6 +25,10 @@ pub struct LeakSet {
     matcher: ValueMatcher,
     /// The caller's id for each pattern.
     ids: Vec<usize>,
+    /// The patterns, for [`LeakSet::partial_suffix`] (wiped on drop).
+    patterns: Vec<Zeroizing<Vec<u8>>>,
+    /// Whether some pattern starts with this byte.
+    first: [bool; 256],
 }
 
 impl std::fmt::Debug for LeakSet {
@@ -67,7 +71,40 @@ impl LeakSet {
         }
         let refs: Vec<&[u8]> = patterns.iter().map(|p| p.as_slice()).collect();
         let matcher = ValueMatcher::new(&refs, allow_packed)?;
-        Some(LeakSet { matcher, ids })
+        let mut first = [false; 256];
+        for p in &patterns {
+            if let Some(&b) = p.first() {
+                first[usize::from(b)] = true;
+            }
+        }
+        Some(LeakSet {
+            matcher,
+            ids,
+            patterns,
+            first,
+        })
+    }
+
+    /// The length of the longest suffix of `data` that is a proper prefix of a pattern: the
+    /// bytes a stream must hold back, as they may be the start of a value (fewer than the
+    /// longest pattern, and almost always none).
+    fn partial_suffix(&self, data: &[u8]) -> usize {
+        let from = data.len().saturating_sub(self.matcher.max_len() - 1);
+        let tail = data.get(from..).unwrap_or_default();
+        for (i, &b) in tail.iter().enumerate() {
+            if !self.first[usize::from(b)] {
+                continue;
+            }
+            let rest = tail.get(i..).unwrap_or_default();
+            if self
+                .patterns
+                .iter()
+                .any(|p| p.len() > rest.len() && p.starts_with(rest))
+            {
+                return rest.len();
+            }
+        }
+        0
     }
 
     fn id(&self, pattern: aho_corasick::PatternID) -> usize {
@@ -166,15 +203,16 @@ fn percent_decode(data: &[u8], plus: bool) -> Vec<u8> {
 /// Looks for the values of a [`LeakSet`] in a request body that arrives in chunks, and passes
 /// the body on only as far as it is known to hold no value.
 ///
-/// A value split across chunks at any byte is found. Fewer bytes than the longest pattern are
-/// held back between chunks (they may be the start of a value), so when `push` returns
-/// `Err(`[`Leak`]`)` no byte of the value has been released: everything released before lies
-/// before the first occurrence of any value. After `Err` the body must not go on; the scanner
-/// is reset. A chunk is passed on without copying (minus its held-back tail) when nothing is
-/// held before it. The held bytes are wiped when released or dropped.
+/// A value split across chunks at any byte is found. Between chunks only the bytes that may be
+/// the start of a value are held back (the longest end of the data that begins a pattern: fewer
+/// than the longest pattern, and almost always none, so an interactive stream is not stalled),
+/// so when `push` returns `Err(`[`Leak`]`)` no byte of the value has been released: everything
+/// released before lies before the first occurrence of any value. After `Err` the body must not
+/// go on; the scanner is reset. A chunk is passed on without copying (minus its held-back end)
+/// when nothing is held before it. The held bytes are wiped when released or dropped.
 pub struct LeakScanner {
     set: Arc<LeakSet>,
-    /// Stream bytes not yet released (fewer than the longest pattern).
+    /// Stream bytes not yet released: a proper prefix of a pattern.
     held: Zeroizing<Vec<u8>>,
 }
 
@@ -197,36 +235,40 @@ impl LeakScanner {
         if chunk.is_empty() {
             return Ok(chunk);
         }
-        // A value starting in the held bytes ends within `keep` bytes of the chunk.
-        let keep = self.set.matcher.max_len() - 1;
-        let h = self.held.len();
-        let mut found = None;
-        if h > 0 {
-            let mut joint = Zeroizing::new(Vec::with_capacity(h + keep));
-            joint.extend_from_slice(&self.held);
-            joint.extend_from_slice(chunk.get(..keep).unwrap_or(&chunk));
-            found = self.set.find(&joint);
-        }
-        if let Some(id) = found.or_else(|| self.set.find(&chunk)) {
-            self.held.zeroize();
-            return Err(Leak(id));
-        }
-        let release = (h + chunk.len()).saturating_sub(keep);
-        if h == 0 {
+        let set = Arc::clone(&self.set);
+        if self.held.is_empty() {
+            if let Some(id) = set.find(&chunk) {
+                return Err(Leak(id));
+            }
+            let release = chunk.len() - set.partial_suffix(&chunk);
             self.hold(chunk.get(release..).unwrap_or_default());
             return Ok(chunk.slice(..release));
         }
-        let mut out = Vec::with_capacity(release);
-        if release <= h {
-            out.extend_from_slice(self.held.get(..release).unwrap_or_default());
-            self.drop_front(release);
-            self.hold(&chunk);
-        } else {
-            out.extend_from_slice(&self.held);
-            out.extend_from_slice(chunk.get(..release - h).unwrap_or_default());
+        // A value starting in the held bytes ends within `keep` bytes of the chunk.
+        let keep = set.matcher.max_len() - 1;
+        let h = self.held.len();
+        let mut joint = Zeroizing::new(Vec::with_capacity(self.held.len() + keep));
+        joint.extend_from_slice(&self.held);
+        joint.extend_from_slice(chunk.get(..keep).unwrap_or(&chunk));
+        if let Some(id) = set.find(&joint).or_else(|| set.find(&chunk)) {
             self.held.zeroize();
-            self.hold(chunk.get(release - h..).unwrap_or_default());
+            return Err(Leak(id));
         }
+        self.held.zeroize();
+        if chunk.len() <= keep {
+            // The joint is everything not yet released.
+            let release = joint.len() - set.partial_suffix(&joint);
+            self.hold(joint.get(release..).unwrap_or_default());
+            return Ok(Bytes::copy_from_slice(
+                joint.get(..release).unwrap_or_default(),
+            ));
+        }
+        // Longer than any pattern: what may begin a value lies in the chunk.
+        let release = chunk.len() - set.partial_suffix(&chunk);
+        let mut out = Vec::with_capacity(h + release);
+        out.extend_from_slice(joint.get(..h).unwrap_or_default());
+        out.extend_from_slice(chunk.get(..release).unwrap_or_default());
+        self.hold(chunk.get(release..).unwrap_or_default());
         Ok(Bytes::from(out))
     }
 
@@ -237,24 +279,13 @@ impl LeakScanner {
         out
     }
 
-    /// Append to the held bytes (at most twice the longest pattern, reserved once, so the
-    /// buffer never moves and leaves an unwiped copy behind).
+    /// Append to the held bytes (fewer than the longest pattern; the buffer is reserved once, so
+    /// it never moves and leaves an unwiped copy behind).
     fn hold(&mut self, data: &[u8]) {
         if self.held.capacity() == 0 {
             self.held = Zeroizing::new(Vec::with_capacity(2 * self.set.matcher.max_len()));
         }
         self.held.extend_from_slice(data);
-    }
-
-    /// Remove the first `n` held bytes, wiping the vacated tail.
-    fn drop_front(&mut self, n: usize) {
-        let len = self.held.len();
-        let n = n.min(len);
-        self.held.copy_within(n.., 0);
-        if let Some(tail) = self.held.get_mut(len - n..) {
-            tail.zeroize();
-        }
-        self.held.truncate(len - n);
     }
 }
 
@@ -381,13 +412,22 @@ mod tests {
     }
 
     #[test]
-    fn token_free_chunk_is_zero_copy() {
+    fn only_what_may_begin_a_value_is_held_and_clean_chunks_are_zero_copy() {
         let mut g = set().scanner();
         let c = Bytes::from(vec![b'x'; 1000]);
         let o = g.push(c.clone()).unwrap();
         assert_eq!(o.as_ptr(), c.as_ptr());
-        assert_eq!(o.len() + g.held(), c.len());
-        assert!(g.held() > 0);
+        assert_eq!((o.len(), g.held()), (1000, 0));
+        // The end of this chunk may begin a value: held.
+        let c = Bytes::from_static(b"...ghp_se");
+        let o = g.push(c.clone()).unwrap();
+        assert_eq!((o.as_ptr(), &o[..], g.held()), (c.as_ptr(), &b"..."[..], 6));
+        // It did not: released with the next chunk, which again ends like a value (`p%4`).
+        let o = g.push(Bytes::from_static(b"xp%4")).unwrap();
+        assert_eq!((&o[..], g.held()), (&b"ghp_sex"[..], 3));
+        let o = g.push(Bytes::from(vec![b'.'; 100])).unwrap();
+        assert_eq!((o.len(), g.held()), (103, 0));
+        assert_eq!(&g.finish()[..], b"");
     }
 
     #[test]
