@@ -1,13 +1,13 @@
 //! `cargo bench --bench scan`: the token scanner, which sees every byte that leaves the sandbox.
 //! Request bodies (token-free, and a token every 64 KiB) streamed in 16 KiB chunks, header values,
-//! request targets, and the response-side redactor.
+//! request targets, the request-side leak guard, and the response-side redactor.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use netcage::scan::{self, BodyScanner, Decision, Redactor, Zeroizing};
+use netcage::scan::{self, BodyScanner, Decision, LeakSet, Redactor, Zeroizing};
 use netcage::token::{self, Key};
 
 const BODY: usize = 4 << 20;
@@ -135,6 +135,30 @@ fn body(c: &mut Criterion) {
         ),
         (b"sk-proj-abcdefghijklmnopqrstuv", b"starpod:v1:BBBB"),
     ];
+    // The leak guard in front of the scanner, as the proxy streams a body when it guards values.
+    let values: [(&[u8], usize); 2] = [(pairs[0].0, 0), (pairs[1].0, 1)];
+    let guard = LeakSet::new(&values).expect("values long enough");
+    g.bench_function("token-free, leak guard (2 values), 16 KiB chunks", |b| {
+        b.iter(|| {
+            let mut leaks = guard.scanner();
+            let mut scanner = BodyScanner::new();
+            let mut len = 0;
+            let mut off = 0;
+            while off < free.len() {
+                let end = (off + CHUNK).min(free.len());
+                let chunk = leaks.push(free.slice(off..end)).expect("no real value");
+                len += scanner
+                    .push(chunk, &mut substitute)
+                    .expect("not blocked")
+                    .len();
+                off = end;
+            }
+            let tail = scanner
+                .push(leaks.finish(), &mut substitute)
+                .expect("not blocked");
+            len + tail.len() + scanner.finish(&mut substitute).expect("not blocked").len()
+        })
+    });
     g.bench_function("response redaction, 2 values, 16 KiB chunks", |b| {
         b.iter(|| {
             let mut r = Redactor::new(&pairs).expect("values long enough");

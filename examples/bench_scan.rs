@@ -1,10 +1,14 @@
-//! Throughput of `BodyScanner` on token-free data and on data with a token every 64 KiB, and of
-//! the response-side `Redactor`. Run with `scripts/bench-scan` (release build).
+//! Throughput of `BodyScanner` on token-free data and on data with a token every 64 KiB, of the
+//! same with the leak guard in front (`LeakScanner` then `BodyScanner`, as the proxy streams a
+//! request body when it guards real values), and of the response-side `Redactor`. Run with
+//! `scripts/bench-scan` (release build).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use netcage::scan::{BodyScanner, Decision, Redactor, Zeroizing};
+use std::sync::Arc;
+
+use netcage::scan::{BodyScanner, Decision, LeakSet, Redactor, Zeroizing};
 
 const TOTAL: usize = 256 << 20;
 const CHUNK: usize = 16 << 10;
@@ -81,8 +85,15 @@ fn with_tokens(len: usize, rng: &mut Rng) -> Vec<u8> {
     v
 }
 
-/// Feed `data` in chunks; returns the best time of `RUNS`, the output length and the token count.
-fn bench(data: &Bytes) -> (Duration, usize, usize) {
+/// Two real values, as a proxy with two `--seal`s holds them.
+const VALUES: [&[u8]; 2] = [
+    b"ghp_0123456789abcdefABCDEF0123456789abcd",
+    b"sk-proj-abcdefghijklmnopqrstuv",
+];
+
+/// Feed `data` in chunks (through the leak guard first, if given); returns the best time of
+/// `RUNS`, the output length and the token count.
+fn bench(data: &Bytes, guard: Option<&Arc<LeakSet>>) -> (Duration, usize, usize) {
     let mut best = Duration::MAX;
     let mut out_len = 0;
     let mut tokens = 0;
@@ -94,15 +105,23 @@ fn bench(data: &Bytes) -> (Duration, usize, usize) {
         };
         let start = Instant::now();
         let mut scanner = BodyScanner::new();
+        let mut leaks = guard.map(LeakSet::scanner);
         let mut len = 0;
         let mut off = 0;
         while off < data.len() {
             let end = (off + CHUNK).min(data.len());
+            let mut chunk = data.slice(off..end);
+            if let Some(g) = &mut leaks {
+                chunk = g.push(chunk).expect("no real value");
+            }
+            len += scanner.push(chunk, &mut decide).expect("not blocked").len();
+            off = end;
+        }
+        if let Some(g) = &mut leaks {
             len += scanner
-                .push(data.slice(off..end), &mut decide)
+                .push(g.finish(), &mut decide)
                 .expect("not blocked")
                 .len();
-            off = end;
         }
         len += scanner.finish(&mut decide).expect("not blocked").len();
         best = best.min(start.elapsed());
@@ -115,11 +134,8 @@ fn bench(data: &Bytes) -> (Duration, usize, usize) {
 /// Response side: a `Redactor` with two values, over the same chunks; best of `RUNS`.
 fn bench_redact(data: &Bytes) -> (Duration, usize) {
     let pairs: [(&[u8], &[u8]); 2] = [
-        (
-            b"ghp_0123456789abcdefABCDEF0123456789abcd",
-            b"starpod:v1:AAAA",
-        ),
-        (b"sk-proj-abcdefghijklmnopqrstuv", b"starpod:v1:BBBB"),
+        (VALUES[0], b"starpod:v1:AAAA"),
+        (VALUES[1], b"starpod:v1:BBBB"),
     ];
     let mut best = Duration::MAX;
     let mut out_len = 0;
@@ -140,8 +156,8 @@ fn bench_redact(data: &Bytes) -> (Duration, usize) {
     (best, out_len)
 }
 
-fn report(name: &str, data: &Bytes) {
-    let (t, out_len, tokens) = bench(data);
+fn report(name: &str, data: &Bytes, guard: Option<&Arc<LeakSet>>) {
+    let (t, out_len, tokens) = bench(data, guard);
     println!(
         "{name}: {:.2} GB/s ({} MiB in {:.1} ms, {tokens} tokens, {out_len} bytes out)",
         data.len() as f64 / t.as_secs_f64() / 1e9,
@@ -153,7 +169,9 @@ fn report(name: &str, data: &Bytes) {
 fn main() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let free = Bytes::from(token_free(TOTAL, &mut rng));
-    report("token-free", &free);
+    let guard = LeakSet::new(&[(VALUES[0], 0), (VALUES[1], 1)]).expect("values are long enough");
+    report("token-free", &free, None);
+    report("token-free, leak guard (2 values)", &free, Some(&guard));
     let (t, out_len) = bench_redact(&free);
     println!(
         "response redaction (2 values): {:.2} GB/s ({out_len} bytes out)",
@@ -161,5 +179,10 @@ fn main() {
     );
     drop(free);
     let toks = Bytes::from(with_tokens(TOTAL, &mut rng));
-    report("token every 64 KiB", &toks);
+    report("token every 64 KiB", &toks, None);
+    report(
+        "token every 64 KiB, leak guard (2 values)",
+        &toks,
+        Some(&guard),
+    );
 }

@@ -4,8 +4,8 @@
 //! - [`token`]: the `starpod:v1` codec and key loading (pure).
 //! - [`hosts`]: host patterns and matching (pure).
 //! - [`keytrust`]: which key files are used without asking (a planted one is refused).
-//! - [`scan`]: finding and substituting tokens in headers, targets and streamed bodies, and
-//!   redacting real values from responses (pure).
+//! - [`scan`]: finding and substituting tokens in headers, targets and streamed bodies, finding
+//!   real values there (the leak guard), and redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
@@ -18,9 +18,10 @@
 //!
 //! Data flows: the CLI resolves a [`proxy::ProxyConfig`]; the proxy accepts a connection,
 //! terminates TLS with a leaf from [`ca`], and for each request asks [`policy`] whether the host
-//! may be reached, runs [`scan`] over headers, target and body with a decision callback that
-//! opens each token ([`token`]) and checks its hosts ([`hosts`]), forwards upstream, redacts the
-//! response, and writes one [`audit`] line.
+//! may be reached, looks for the real values it holds that may not go there (the leak guard:
+//! [`scan::LeakSet`] over what the client sent), runs [`scan`] over headers, target and body with
+//! a decision callback that opens each token ([`token`]) and checks its hosts ([`hosts`]),
+//! forwards upstream, redacts the response, and writes one [`audit`] line.
 
 #[deny(missing_docs)]
 mod api;

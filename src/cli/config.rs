@@ -11,7 +11,7 @@ use netcage::audit::AuditLog;
 use netcage::ca::Ca;
 use netcage::env::{CommandEnv, SealedVar};
 use netcage::policy::Policy;
-use netcage::proxy::{ProxyConfig, parse_resolve};
+use netcage::proxy::{ProxyConfig, SealedValue, parse_resolve};
 use netcage::token::{self, Key};
 use netcage::{seal, token::KeyError};
 use zeroize::Zeroizing;
@@ -133,13 +133,19 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         return Err(input_error(problems.join("; ")));
     }
     let key = load_or_ephemeral_key(key_args)?;
+    let mut sealed = Vec::new();
     let sealed_env = specs
         .iter()
         .zip(values)
-        .map(|(spec, value)| SealedVar {
-            name: spec.name.clone(),
-            token: token::seal(&key, &value, &spec.hosts),
-            value: Some(value),
+        .map(|(spec, value)| {
+            let token = token::seal(&key, &value, &spec.hosts);
+            // The leak guard's copy: the proxy refuses this value for other hosts.
+            sealed.push(SealedValue::new(&value, &spec.hosts, &token));
+            SealedVar {
+                name: spec.name.clone(),
+                token,
+                value: Some(value),
+            }
         })
         .collect();
     let audit_path = args
@@ -170,6 +176,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             upstream_cas,
             audit: Arc::new(audit),
             ca: Arc::new(ca),
+            sealed,
         },
         sealed_env,
         learn,

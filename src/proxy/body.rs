@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 
 use super::decide::Decider;
 use crate::audit::{AuditLog, Event};
-use crate::scan::{BodyScanner, Redactor};
+use crate::scan::{BodyScanner, Leak, LeakScanner, Redactor};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -31,9 +31,10 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// The request body stopped because it carried a token that may not go to this host.
+/// The request body stopped because it carried a token, or a real value, that may not go to
+/// this host.
 #[derive(Debug, thiserror::Error)]
-#[error("netcage blocked the request body: it carries a token that may not be sent to this host")]
+#[error("netcage blocked the request body: it carries a secret that may not be sent to this host")]
 pub struct BodyBlocked;
 
 /// The body being passed on failed at its source (for a request: the client went away or sent
@@ -48,14 +49,30 @@ pub trait Transform: Send + 'static {
     fn finish(&mut self) -> Result<Bytes, BoxError>;
 }
 
-/// Request side: substitute tokens.
+/// Request side: the leak guard (on what the client sent), then token substitution.
 pub struct Substitute {
+    /// Real values that may not go to this host, if there are any.
+    pub guard: Option<LeakScanner>,
     pub scanner: BodyScanner,
     pub decider: Decider,
 }
 
+impl Substitute {
+    /// What the leak guard lets through of `data` (all of it without a guard).
+    fn guarded(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        let Some(guard) = &mut self.guard else {
+            return Ok(data);
+        };
+        guard.push(data).map_err(|Leak(id)| {
+            self.decider.leak("body", id);
+            BodyBlocked.into()
+        })
+    }
+}
+
 impl Transform for Substitute {
     fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        let data = self.guarded(data)?;
         let decider = &self.decider;
         self.scanner
             .push(data, &mut |t| decider.decide("body", t))
@@ -63,9 +80,18 @@ impl Transform for Substitute {
     }
     fn finish(&mut self) -> Result<Bytes, BoxError> {
         let decider = &self.decider;
-        self.scanner
-            .finish(&mut |t| decider.decide("body", t))
-            .map_err(|_| BodyBlocked.into())
+        let decide = &mut |t: &str| decider.decide("body", t);
+        let held = self.guard.as_mut().map(LeakScanner::finish);
+        let head = match held {
+            Some(held) => self.scanner.push(held, decide),
+            None => Ok(Bytes::new()),
+        };
+        match (head, self.scanner.finish(decide)) {
+            (Ok(a), Ok(b)) if a.is_empty() => Ok(b),
+            (Ok(a), Ok(b)) if b.is_empty() => Ok(a),
+            (Ok(a), Ok(b)) => Ok([a, b].concat().into()),
+            _ => Err(BodyBlocked.into()),
+        }
     }
 }
 

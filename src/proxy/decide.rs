@@ -76,6 +76,10 @@ impl Decider {
             note("invalid", Vec::new());
             return Decision::Keep;
         };
+        // Opened once, the value is guarded from now on.
+        self.proxy
+            .guard
+            .learn(&secret.value, &secret.hosts, &fingerprint);
         let host_ok = hosts::allowed(&secret.hosts, &self.host);
         let plaintext_refused = !self.tls && !self.proxy.cfg.policy.secrets.plaintext_http;
         let reason = if plaintext_refused {
@@ -119,7 +123,33 @@ impl Decider {
         }
         Decision::Block
     }
+
+    /// The leak guard found the guarded value `id` (a real value, not its token) at
+    /// `location`, and this host is not one it may go to: the request is blocked, whatever
+    /// `on_host_mismatch` says.
+    pub fn leak(&self, location: &str, id: usize) -> BlockInfo {
+        let (fingerprint, bound_hosts) = self.proxy.guard.describe(id);
+        let mut record = self.lock();
+        record.uses.push(TokenUse {
+            fingerprint: fingerprint.clone(),
+            action: "block",
+            location: location.to_owned(),
+            bound_hosts: bound_hosts.clone(),
+        });
+        record
+            .block
+            .get_or_insert_with(|| BlockInfo {
+                fingerprint,
+                host: self.host.to_string(),
+                bound_hosts,
+                reason: LEAK_REASON.to_owned(),
+            })
+            .clone()
+    }
 }
+
+/// Why a request carrying a guarded value is blocked.
+pub const LEAK_REASON: &str = "the request carries the real value of a secret (not its token), which may not be sent to this host";
 
 /// Opens a candidate token. A token without `=` padding runs on into base64 characters that
 /// follow it (`/bot<token>/getMe`): then the longest prefix cut at a `/` that opens is the

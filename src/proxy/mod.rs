@@ -8,6 +8,7 @@
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
 //! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
+//! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
@@ -19,6 +20,7 @@ mod body;
 mod decide;
 pub mod dns;
 mod explicit;
+mod guard;
 mod io;
 mod respond;
 mod service;
@@ -40,6 +42,7 @@ use crate::policy::Policy;
 use crate::token::Key;
 
 pub use explicit::serve_explicit;
+pub use guard::SealedValue;
 pub use transparent::serve_transparent;
 
 /// Everything the proxy needs; built once, shared by every connection.
@@ -52,6 +55,9 @@ pub struct ProxyConfig {
     pub upstream_cas: Vec<CertificateDer<'static>>,
     pub audit: Arc<AuditLog>,
     pub ca: Arc<Ca>,
+    /// The real values netcage sealed for this proxy (`--seal`, `SandboxBuilder::seal`), for
+    /// the leak guard; values it opens from tokens while serving join them.
+    pub sealed: Vec<SealedValue>,
 }
 
 /// The running proxy's shared state.
@@ -59,6 +65,7 @@ pub struct Proxy {
     pub(crate) cfg: ProxyConfig,
     pub(crate) upstream: upstream::Upstream,
     pub(crate) tls: tls::Interceptor,
+    pub(crate) guard: guard::Guard,
     attribution: OnceLock<Attribution>,
     workers: workers::Workers,
 }
@@ -78,7 +85,8 @@ impl Proxy {
     /// Builds the proxy and starts its threads (one per core; see `workers.rs`). The accept
     /// loops ([`serve_explicit`], [`serve_transparent`]) run on the caller's tokio runtime
     /// and hand each connection to those threads.
-    pub fn new(cfg: ProxyConfig) -> Result<Arc<Proxy>, ProxyError> {
+    pub fn new(mut cfg: ProxyConfig) -> Result<Arc<Proxy>, ProxyError> {
+        let guard = guard::Guard::new(std::mem::take(&mut cfg.sealed));
         let workers = workers::Workers::start()
             .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
@@ -87,6 +95,7 @@ impl Proxy {
             cfg,
             upstream,
             tls,
+            guard,
             attribution: OnceLock::new(),
             workers,
         }))

@@ -1,6 +1,6 @@
-//! One HTTP request through the proxy: which host it is for, whether policy lets it go, token
-//! substitution in headers, target and body, the upstream call, and the response on its way back
-//! with real values turned back into tokens.
+//! One HTTP request through the proxy: which host it is for, whether policy lets it go, the leak
+//! guard and token substitution in headers, target and body, the upstream call, and the response
+//! on its way back with real values turned back into tokens.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +18,9 @@ use zeroize::Zeroizing;
 
 use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
 use super::decide::Decider;
-use super::{ConnInfo, Proxy, respond};
+use super::{ConnInfo, Proxy, guard, respond};
 use crate::audit::Event;
-use crate::scan::{self, BodyScanner, RedactSet};
+use crate::scan::{self, BodyScanner, LeakSet, RedactSet};
 use crate::{hosts, policy};
 
 /// Request bodies with a `Content-Length` up to this size are read whole before anything goes
@@ -220,8 +220,22 @@ async fn forward(
         return Err(refuse(event, StatusCode::FORBIDDEN, &name, reason));
     }
 
-    // 3. Tokens in headers and target.
+    // 3. The leak guard, on what the client sent: real values that may not go to this host.
     let decider = Decider::new(proxy.clone(), &name, conn.tls);
+    let guard = proxy.guard.for_host(&name);
+    if let Some(set) = &guard {
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        if let Some((location, id)) = guard::find_in_head(set, req.headers(), target.as_bytes()) {
+            // The audit line must not carry the value: leave out a path that holds it.
+            if set.find_in_target(req.uri().path().as_bytes()).is_some() {
+                event.path = None;
+            }
+            let block = decider.leak(&location, id);
+            return Err(blocked(event, &decider, &block));
+        }
+    }
+
+    // 4. Tokens in headers and target.
     let mut bad_header = None;
     for (hname, value) in req.headers_mut().iter_mut() {
         if memchr::memmem::find(value.as_bytes(), b"starpod").is_none()
@@ -262,7 +276,7 @@ async fn forward(
         ));
     }
 
-    // 4. The body: read whole when small and sized, else streamed.
+    // 5. The body: read whole when small and sized, else streamed; the leak guard first.
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
@@ -283,6 +297,10 @@ async fn forward(
             }
         };
         bytes_up.store(data.len() as u64, Ordering::Relaxed);
+        if let Some(id) = guard.as_ref().and_then(|set| set.find(&data)) {
+            let block = decider.leak("body", id);
+            return Err(blocked(event, &decider, &block));
+        }
         let mut scanner = BodyScanner::new();
         let decide = &mut |t: &str| decider.decide("body", t);
         let out = match (scanner.push(data, decide), scanner.finish(decide)) {
@@ -305,13 +323,14 @@ async fn forward(
     } else {
         parts.headers.remove(header::CONTENT_LENGTH);
         let scan = Substitute {
+            guard: guard.as_ref().map(LeakSet::scanner),
             scanner: BodyScanner::new(),
             decider: decider.clone(),
         };
         Transformed::new(incoming, scan, bytes_up.clone()).boxed_unsync()
     };
 
-    // 5. Values substituted on this connection must not come back in responses.
+    // 6. Values substituted on this connection must not come back in responses.
     let redactor = {
         let mut set = reflect.lock().unwrap_or_else(|p| p.into_inner());
         let record = decider.record.lock().unwrap_or_else(|p| p.into_inner());
@@ -340,7 +359,7 @@ async fn forward(
         );
     }
 
-    // 6. Upstream.
+    // 7. Upstream.
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::HOST);
     let scheme = if conn.tls { "https" } else { "http" };
@@ -400,7 +419,7 @@ async fn forward(
     };
     event.status = Some(resp.status().as_u16());
 
-    // 7. The response.
+    // 8. The response.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {

@@ -25,11 +25,7 @@ pub fn scan_header_value(
     value: &[u8],
     decide: &mut dyn FnMut(&str) -> Decision,
 ) -> Result<Option<Vec<u8>>, Blocked> {
-    if let Some((start, end)) = basic_credentials(value)
-        && let Some(creds) = value.get(start..end)
-        && let Ok(decoded) = LENIENT.decode(creds)
-    {
-        let decoded = Zeroizing::new(decoded);
+    if let Some((start, end, decoded)) = decode_basic(value) {
         // base64 text cannot contain a token (`:` and `%` are not in its alphabet), so the
         // decoded credentials are the only place to look.
         let Some(new) = rewrite(&decoded, Encoding::LikeToken, decide)? else {
@@ -44,6 +40,14 @@ pub fn scan_header_value(
         return Ok(Some(out));
     }
     rewrite(value, Encoding::LikeToken, decide)
+}
+
+/// For a value of the form `Basic <base64(user:password)>`: where the credentials are, and
+/// what they decode to.
+pub(crate) fn decode_basic(value: &[u8]) -> Option<(usize, usize, Zeroizing<Vec<u8>>)> {
+    let (start, end) = basic_credentials(value)?;
+    let decoded = LENIENT.decode(value.get(start..end)?).ok()?;
+    Some((start, end, Zeroizing::new(decoded)))
 }
 
 fn is_ws(b: u8) -> bool {

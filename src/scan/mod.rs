@@ -1,4 +1,5 @@
-//! Finding credential tokens in outgoing traffic, and hiding real secret values in incoming traffic.
+//! Finding credential tokens in outgoing traffic, hiding real secret values in incoming traffic,
+//! and finding real values that should never be in outgoing traffic.
 //!
 //! A sandboxed program never holds a real credential. It holds a *token* instead, and the proxy
 //! swaps each token for the real value on the way out (after checking that the destination may
@@ -47,18 +48,28 @@
 //! * [`Redactor`]: the response direction. It replaces real secret values (at least
 //!   [`MIN_REFLECT_LEN`] bytes long) with their tokens, so that a server echoing a credential back
 //!   does not hand it to the sandboxed program.
+//! * [`LeakSet`] and [`LeakScanner`]: the leak guard, defense in depth on the request side. They
+//!   look for real secret values (at least [`MIN_REFLECT_LEN`] bytes long, as written or
+//!   percent-encoded) in what the client sent: header values (and `Basic` credentials), targets
+//!   (also percent-decoded) and streamed bodies, holding back less than the longest value so that
+//!   no byte of a value is released before it is found. The caller decides which values may go
+//!   where; these only find them. They share the redactor's matcher (`aho-corasick`'s packed
+//!   SIMD searcher).
 //!
 //! Nothing in this module panics on any input, and it contains no `unsafe`.
 
 mod body;
 mod find;
 mod header;
+mod leak;
 mod reflect;
 mod target;
+mod values;
 
 pub use body::BodyScanner;
 pub use find::{Form, Found, find_tokens, percent_encode_into};
 pub use header::scan_header_value;
+pub use leak::{Leak, LeakScanner, LeakSet};
 pub use reflect::{RedactSet, Redactor};
 pub use target::scan_target;
 /// Re-exported so callers can build [`Decision::Substitute`] without naming the `zeroize` crate.
@@ -72,8 +83,9 @@ pub const PREFIX: &str = "starpod:v1:";
 /// times this much (the percent form of a token can be three times as long as its canonical text).
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
-/// Secret values shorter than this are not redacted from responses by [`Redactor`]: replacing
-/// every occurrence of a short string would corrupt responses and reveal little.
+/// Secret values shorter than this are not redacted from responses by [`Redactor`], nor looked
+/// for in requests by [`LeakSet`]: replacing (or refusing) every occurrence of a short string
+/// would corrupt responses (or refuse harmless requests) and reveal little.
 pub const MIN_REFLECT_LEN: usize = 6;
 
 /// What to do with one token; returned by the `decide` callback.

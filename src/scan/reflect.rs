@@ -1,12 +1,12 @@
 //! Response side: real secret values are turned back into their tokens, so the sandboxed
 //! program never sees a value even when a server echoes it.
 
-use aho_corasick::packed;
-use aho_corasick::{AhoCorasick, MatchKind, PatternID};
+use aho_corasick::PatternID;
 use bytes::Bytes;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::MIN_REFLECT_LEN;
+use super::values::{Hit, ValueMatcher};
 
 /// Replaces secret values with their tokens, in one-shot data or in a stream.
 ///
@@ -28,11 +28,9 @@ pub struct Redactor {
 /// The compiled matcher for a set of (value, token) pairs: built once, shared by every
 /// [`Redactor`] made from it (building it costs far more than redacting one response).
 pub struct RedactSet {
-    matcher: Matcher,
+    matcher: ValueMatcher,
     /// Token text for each pattern id.
     tokens: Vec<Box<[u8]>>,
-    /// Length of the longest value.
-    max_len: usize,
 }
 
 impl std::fmt::Debug for RedactSet {
@@ -57,16 +55,6 @@ impl RedactSet {
         }
     }
 }
-
-enum Matcher {
-    /// Teddy: fast for the few values a connection has.
-    Packed(packed::Searcher),
-    /// Any number of values.
-    Automaton(AhoCorasick),
-}
-
-/// A match: start, end, pattern.
-type Hit = (usize, usize, PatternID);
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,30 +84,12 @@ impl Redactor {
         if kept.is_empty() {
             return None;
         }
-        let values = kept.iter().map(|(v, _)| *v);
-        let packed = if allow_packed {
-            packed::Config::new()
-                .match_kind(packed::MatchKind::LeftmostLongest)
-                .builder()
-                .extend(values.clone())
-                .build()
-        } else {
-            None
-        };
-        let matcher = match packed {
-            Some(p) => Matcher::Packed(p),
-            None => Matcher::Automaton(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(values)
-                    .ok()?,
-            ),
-        };
+        let values: Vec<&[u8]> = kept.iter().map(|(v, _)| *v).collect();
+        let matcher = ValueMatcher::new(&values, allow_packed)?;
         Some(Redactor {
             set: std::sync::Arc::new(RedactSet {
                 matcher,
                 tokens: kept.iter().map(|(_, t)| Box::<[u8]>::from(*t)).collect(),
-                max_len: kept.iter().map(|(v, _)| v.len()).max().unwrap_or(1),
             }),
             held: Zeroizing::new(Vec::new()),
         })
@@ -132,42 +102,13 @@ impl Redactor {
             .map_or(&[][..], |t| &t[..])
     }
 
-    /// The leftmost-longest matches in `data` from `from` on that start before `stop`, into
-    /// `hits`. Returns the end of what is decided: the end of the last match or `stop`, whichever
-    /// is later (at most `data.len()`).
-    ///
-    /// With `stop <= data.len() + 1 - max_len`, every match starting before `stop` lies inside
-    /// `data` whatever follows it, and so does every match that could compete with it: the
-    /// result does not depend on what follows `data`.
+    /// See [`ValueMatcher::matches`].
     fn matches(&self, data: &[u8], from: usize, stop: usize, hits: &mut Vec<Hit>) -> usize {
-        let hay = data.get(from..).unwrap_or_default();
-        let mut end = from;
-        let mut take = |m: aho_corasick::Match| {
-            let s = from + m.start();
-            if s >= stop {
-                return false;
-            }
-            end = from + m.end();
-            hits.push((s, end, m.pattern()));
-            true
-        };
-        match &self.set.matcher {
-            Matcher::Packed(p) => {
-                for m in p.find_iter(hay) {
-                    if !take(m) {
-                        break;
-                    }
-                }
-            }
-            Matcher::Automaton(a) => {
-                for m in a.find_iter(hay) {
-                    if !take(m) {
-                        break;
-                    }
-                }
-            }
-        }
-        end.max(stop).min(data.len())
+        self.set.matcher.matches(data, from, stop, hits)
+    }
+
+    fn max_len(&self) -> usize {
+        self.set.matcher.max_len()
     }
 
     /// Append `data[from..end]` with the `hits` replaced by their tokens.
@@ -183,7 +124,7 @@ impl Redactor {
 
     /// Where a stream that goes on after `len` bytes is decided up to (see `matches`).
     fn safe(&self, len: usize) -> usize {
-        (len + 1).saturating_sub(self.set.max_len)
+        (len + 1).saturating_sub(self.max_len())
     }
 
     /// Replace every value in `data`. `None`: no value found.
@@ -205,7 +146,7 @@ impl Redactor {
         }
         let mut hits = Vec::new();
         let h = self.held.len();
-        if h > 0 && chunk.len() <= self.set.max_len {
+        if h > 0 && chunk.len() <= self.max_len() {
             // A small chunk: join it to what is held (fewer than 2 * max_len bytes).
             self.hold(&chunk);
             let held = std::mem::take(&mut self.held);
@@ -221,9 +162,9 @@ impl Redactor {
         if h > 0 {
             // The junction: matches starting in the held bytes end within `max_len` bytes of the
             // chunk, so those suffice to decide them.
-            let mut joint = Zeroizing::new(Vec::with_capacity(h + self.set.max_len));
+            let mut joint = Zeroizing::new(Vec::with_capacity(h + self.max_len()));
             joint.extend_from_slice(&self.held);
-            joint.extend_from_slice(chunk.get(..self.set.max_len).unwrap_or_default());
+            joint.extend_from_slice(chunk.get(..self.max_len()).unwrap_or_default());
             let end = self.matches(&joint, 0, h, &mut hits);
             out.reserve(chunk.len() + h + 64);
             self.render(&joint, 0, end, &hits, &mut out);
@@ -258,7 +199,7 @@ impl Redactor {
     fn hold(&mut self, data: &[u8]) {
         let need = self.held.len() + data.len();
         if need > self.held.capacity() {
-            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.set.max_len)));
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.max_len())));
             bigger.extend_from_slice(&self.held);
             self.held = bigger;
         }
@@ -351,7 +292,7 @@ mod tests {
         let pairs: [(&[u8], &[u8]); 2] = [(b"secret-one", b"T1"), (b"secret-one-two", b"T2")];
         let packed = Redactor::build(&pairs, true).unwrap();
         let automaton = Redactor::build(&pairs, false).unwrap();
-        assert!(matches!(automaton.set.matcher, Matcher::Automaton(_)));
+        assert!(!automaton.set.matcher.is_packed());
         let data = b"secret-one-two secret-one-tw secret-onesecret-one";
         for r in [packed, automaton] {
             assert_eq!(r.redact(data).unwrap(), b"T2 T1-tw T1T1");

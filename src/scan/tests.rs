@@ -2,6 +2,7 @@
 //! naive reference implementation of the token grammar.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -415,5 +416,114 @@ proptest! {
         prop_assert_eq!(redact_stream(&mut auto, &data, &cuts), once.clone());
         let mut red = red;
         prop_assert_eq!(redact_stream(&mut red, &data, &cuts), once);
+    }
+}
+
+/// The patterns a [`LeakSet`] looks for: each value long enough, and its percent encoding.
+fn leak_patterns(values: &[Vec<u8>]) -> Vec<(Vec<u8>, usize)> {
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if v.len() >= MIN_REFLECT_LEN {
+            let mut encoded = Vec::new();
+            percent_encode_into(v, &mut encoded);
+            let form = String::from_utf8(encoded.clone())
+                .unwrap()
+                .replace("%20", "+");
+            out.push((v.clone(), i));
+            out.push((encoded, i));
+            out.push((form.into_bytes(), i));
+        }
+    }
+    out
+}
+
+/// Where the first occurrence of any pattern starts (naive search).
+fn first_leak(patterns: &[(Vec<u8>, usize)], data: &[u8]) -> Option<usize> {
+    (0..data.len()).find(|&s| patterns.iter().any(|(p, _)| data[s..].starts_with(p)))
+}
+
+/// Stream `data` cut at `cuts` through a guard: `Ok(output)` or `Err((bytes released, leak))`.
+fn leak_stream(set: &Arc<LeakSet>, data: &[u8], cuts: &[usize]) -> Result<Vec<u8>, (usize, Leak)> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut g = set.scanner();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts.into_iter().chain([data.len()]) {
+        match g.push(Bytes::copy_from_slice(&data[prev..c])) {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(leak) => return Err((out.len(), leak)),
+        }
+        prev = c;
+    }
+    out.extend_from_slice(&g.finish());
+    Ok(out)
+}
+
+/// The guard against the naive search, for one case and both engines.
+fn check_guard(values: &[Vec<u8>], data: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
+    let with_ids: Vec<(&[u8], usize)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (&v[..], i))
+        .collect();
+    let patterns = leak_patterns(values);
+    let want = first_leak(&patterns, data);
+    for packed in [true, false] {
+        let Some(set) = LeakSet::build(&with_ids, packed).map(Arc::new) else {
+            prop_assert!(patterns.is_empty());
+            return Ok(());
+        };
+        prop_assert_eq!(set.find(data).is_some(), want.is_some());
+        match (leak_stream(&set, data, cuts), want) {
+            (Ok(out), None) => prop_assert_eq!(out, data.to_vec()),
+            (Err((released, Leak(id))), Some(first)) => {
+                // Nothing of the first value left, and the id names a value that is there.
+                prop_assert!(
+                    released <= first,
+                    "{} bytes released, value at {}",
+                    released,
+                    first
+                );
+                prop_assert!(patterns.iter().any(|(p, i)| *i == id && contains(data, p)));
+            }
+            (got, want) => {
+                return Err(TestCaseError::fail(format!(
+                    "got {got:?}, want a leak at {want:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The streamed guard finds a value whatever the chunking, before any byte of it is released.
+    #[test]
+    fn leak_guard_any_chunking((values, data, cuts) in reflect_case(VALUE_ALPHABET)) {
+        check_guard(&values, &data, &cuts)?;
+    }
+
+    #[test]
+    fn leak_guard_any_bytes((values, data, cuts) in reflect_case(b"ab\x00\xffxy")) {
+        check_guard(&values, &data, &cuts)?;
+    }
+
+    /// A percent- or form-encoded value between arbitrary bytes, cut anywhere.
+    #[test]
+    fn leak_guard_percent_encoded(
+        value in proptest::collection::vec(any::<u8>(), MIN_REFLECT_LEN..16),
+        before in proptest::collection::vec(any::<u8>(), 0..40),
+        after in proptest::collection::vec(any::<u8>(), 0..40),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        for form in [false, true] {
+            let mut data = before.clone();
+            data.extend_from_slice(&super::leak::encoded(&value, form));
+            data.extend_from_slice(&after);
+            check_guard(std::slice::from_ref(&value), &data, &cuts)?;
+        }
     }
 }
