@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -49,11 +50,22 @@ struct State {
     dead: bool,
 }
 
+/// The state and a condition variable signalled whenever the reader thread changes it.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// How long a connection's attribution waits for an exec that has been asked for but whose
+/// start the reader has not seen yet (its command can connect before that).
+const PENDING_WAIT: Duration = Duration::from_millis(250);
+
 /// The control channel's client side.
 pub struct Execs {
     sock: Arc<OwnedFd>,
     send: Mutex<()>,
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     next: AtomicU64,
     owners: Owners,
     /// Turns true once the sandbox is gone.
@@ -75,7 +87,7 @@ impl Execs {
     /// Takes over the control socket and the sandbox's /proc; starts the reader thread.
     pub fn new(control: OwnedFd, proc_dir: OwnedFd) -> std::io::Result<Arc<Execs>> {
         let sock = Arc::new(control);
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Shared::default());
         let (gone_tx, gone) = watch::channel(false);
         let reader_sock = sock.clone();
         let reader_state = state.clone();
@@ -100,7 +112,7 @@ impl Execs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn send(&self, msg: &ToSandbox, fds: &[RawFd]) -> std::io::Result<()> {
@@ -200,21 +212,40 @@ impl Execs {
     }
 
     /// The exec a connection (TCP) or datagram (UDP) from `peer` inside the sandbox belongs
-    /// to: the only one running, or else the one whose session holds the socket.
+    /// to: the only one running, or else the one whose session holds the socket. A command
+    /// can connect before its start has reached us: while an exec is being started and the
+    /// socket's owner is not found, this waits (up to [`PENDING_WAIT`]) for the reader.
     pub fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
-        {
+        let deadline = Instant::now() + PENDING_WAIT;
+        loop {
+            let pending = {
+                let state = self.lock();
+                let pending = state.waiting.values().any(|w| w.started.is_some());
+                match state.running.len() {
+                    0 if !pending => return None,
+                    1 if !pending => return state.running.values().next().map(|i| i.exec.clone()),
+                    _ => pending,
+                }
+            };
+            let lineage = self.owners.lineage_of(peer, proto);
             let state = self.lock();
-            match state.running.len() {
-                0 => return None,
-                1 => return state.running.values().next().map(|i| i.exec.clone()),
-                _ => {}
+            if let Some(id) = lineage.iter().find_map(|pid| state.by_pid.get(pid)) {
+                return state.running.get(id).map(|i| i.exec.clone());
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() || state.dead {
+                // Not found in the tables (the process is gone): the only one running, if so.
+                return match state.running.len() {
+                    1 => state.running.values().next().map(|i| i.exec.clone()),
+                    _ => None,
+                };
+            }
+            let _ = self
+                .state
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        // More than one: find the process that holds the socket.
-        let lineage = self.owners.lineage_of(peer, proto);
-        let state = self.lock();
-        let id = lineage.iter().find_map(|pid| state.by_pid.get(pid))?;
-        state.running.get(id).map(|i| i.exec.clone())
     }
 }
 
@@ -234,7 +265,8 @@ pub fn command_line(spawn: &Spawn) -> String {
     }
 }
 
-fn read_loop(sock: &OwnedFd, state: &Mutex<State>, gone: watch::Sender<bool>) {
+fn read_loop(sock: &OwnedFd, shared: &Shared, gone: watch::Sender<bool>) {
+    let state = &shared.state;
     loop {
         let msg = match fdpass::recv::<FromSandbox>(sock) {
             Ok(Some((msg, _))) => msg,
@@ -277,6 +309,8 @@ fn read_loop(sock: &OwnedFd, state: &Mutex<State>, gone: watch::Sender<bool>) {
             }
             FromSandbox::Built { .. } | FromSandbox::BuildFailed(_) | FromSandbox::Ready => {}
         }
+        drop(state);
+        shared.changed.notify_all();
     }
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     state.dead = true;
@@ -284,6 +318,7 @@ fn read_loop(sock: &OwnedFd, state: &Mutex<State>, gone: watch::Sender<bool>) {
     state.running.clear();
     state.by_pid.clear();
     drop(state);
+    shared.changed.notify_all();
     let _ = gone.send(true);
 }
 
