@@ -122,6 +122,25 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             )),
         }
     }
+    // Writable paths must exist: a typo must not quietly become a smaller sandbox (or, with
+    // --tier auto, a fallback to Tier 0).
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let wanted = args.write.iter().map(|p| ("--write", p.clone())).chain(
+        policy.files.write.iter().filter_map(|e| {
+            let p = netcage::sandbox::layout::expand(e, home.as_deref())?;
+            Some(("files.write", p))
+        }),
+    );
+    for (from, path) in wanted {
+        let path = netcage::sandbox::layout::absolute(&path, &cwd);
+        if let Err(e) = std::fs::metadata(&path) {
+            problems.push(format!(
+                "{from} {}: {e}; make it first, or leave it out",
+                path.display()
+            ));
+        }
+    }
     let learn = match args.learn.clone().map(Learning::new).transpose() {
         Ok(learn) => learn,
         Err(e) => {
