@@ -123,11 +123,31 @@ impl AuditLog {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
+            // Never through a symbolic link: one planted where a sandboxed command could
+            // write would have netcage append to a file of its choosing (a shell start-up
+            // file: the request paths it controls would run as code).
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .open(path)?;
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) {
+                        std::io::Error::other(format!(
+                            "{} is a symbolic link; netcage does not write through links",
+                            path.display()
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a regular file",
+                    path.display()
+                )));
+            }
             Box::new(BufWriter::with_capacity(64 * 1024, file))
         };
         Self::start(Some(out), learner)

@@ -267,6 +267,8 @@ fn create_dir_private(dir: &Path) -> Result<(), CaError> {
     Ok(())
 }
 
+/// Writes a file of the data dir, never through a symbolic link (one planted there by a
+/// sandboxed command would have netcage overwrite a file of its choosing).
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -274,6 +276,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
         .create(true)
         .truncate(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io("write", path))?;
     file.write_all(data).map_err(io("write", path))

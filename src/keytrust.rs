@@ -92,14 +92,21 @@ impl Store {
         )
     }
 
-    /// Reads the record, lets `f` change it, writes it back (atomically, under a lock).
-    fn update<T>(&self, f: impl FnOnce(&mut Record) -> T) -> Result<T, String> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    /// Makes the state directory (0700) if it is missing: a sandbox's view must hide it from
+    /// the start, so it must exist before the view is made.
+    pub fn ensure(&self) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| self.fail("create the directory of", e))?;
+            .map_err(|e| self.fail("create the directory of", e))
+    }
+
+    /// Reads the record, lets `f` change it, writes it back (atomically, under a lock).
+    fn update<T>(&self, f: impl FnOnce(&mut Record) -> T) -> Result<T, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.ensure()?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -166,8 +173,46 @@ impl Store {
         })
     }
 
+    /// Refuses `path` (what netcage is about to read or write: the data dir, a key file, the
+    /// audit log) when it goes through a symbolic link that appeared in a directory
+    /// sandboxes could write after that began: a command may have planted it to point
+    /// netcage at a file or directory of its choosing.
+    pub fn vouch_path(&self, path: &Path, what: &str) -> Result<(), String> {
+        let record = self.read()?;
+        if record.writable.is_empty() {
+            return Ok(());
+        }
+        let abs =
+            crate::sandbox::layout::absolute(path, &std::env::current_dir().unwrap_or_default());
+        for part in abs.ancestors() {
+            let Ok(meta) = std::fs::symlink_metadata(part) else {
+                continue;
+            };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let changed = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
+            let exposed = record
+                .writable
+                .iter()
+                .filter(|w| part.starts_with(&w.path) && part != w.path && changed >= w.since)
+                .min_by_key(|w| w.since);
+            if let Some(root) = exposed {
+                return Err(format!(
+                    "refusing the {what} {}: it goes through the symbolic link {}, made after sandboxed commands could write {} (since {}), so a command may have planted it to point netcage elsewhere; remove the link, or use the real path",
+                    path.display(),
+                    part.display(),
+                    root.path.display(),
+                    rfc3339(root.since)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// May `key`, read from `path`, be used? See the module docs.
     pub fn vouch(&self, path: &Path, key: &Key) -> Result<(), String> {
+        self.vouch_path(path, "key file")?;
         let real = canonical(path);
         let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", path.display()))?;
         if meta.nlink() > 1 {

@@ -9,8 +9,10 @@
 //! processes outside, the key netcage used. Each test that proves a refusal also shows that
 //! its channel works (a control), so that it could fail.
 //!
-//! Tests marked `#[ignore = "ESCAPE: …"]` demonstrate a way out that works today: they fail
-//! when run (`cargo test --test tier1_sandbox -- --ignored`), and pass once it is closed.
+//! Tests marked `#[ignore = "known gap: …"]` demonstrate a way out that is still open and
+//! listed in README's "Known gaps": they fail when run (`cargo test --test tier1_sandbox --
+//! --ignored`), and pass once it is closed. Every other test here once found an escape, or
+//! proves one never existed, and must pass.
 //!
 //! Nothing here talks to anything but loopback; vsock sockets are created, never connected.
 
@@ -632,7 +634,7 @@ printf %s "$1" > .starpod/db/.vault_key.new && mv .starpod/db/.vault_key.new .st
     tally.finish();
 }
 
-/// ESCAPE: `vouch` checks the change time of the key file and of a symbolic link that is
+/// Attack (once an escape): `vouch` checks the change time of the key file and of a symbolic link that is
 /// its last component, but not of the directories on its path. A command that can read an
 /// older key file elsewhere (another project's: only the current data dir is hidden) makes
 /// `./.starpod` a symbolic link to that project's `.starpod`. The next `netcage run` in this
@@ -641,7 +643,6 @@ printf %s "$1" > .starpod/db/.vault_key.new && mv .starpod/db/.vault_key.new .st
 /// has already sent out. Here the upstream receives the key in the first run, and the token
 /// of the second run opens with it.
 #[test]
-#[ignore = "ESCAPE: a planted symbolic link to another data dir makes the next run seal with a key the command read"]
 fn a_data_dir_behind_a_planted_symbolic_link_is_refused() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -695,14 +696,13 @@ ln -s "$1/.starpod" .starpod; echo "planted=$?""#;
     });
 }
 
-/// ESCAPE: netcage's state dir (`~/.local/share/netcage`, the record of which directories
+/// Attack (once an escape): netcage's state dir (`~/.local/share/netcage`, the record of which directories
 /// sandboxes may write and which keys are trusted) is hidden only if it exists when the view
 /// is computed. On a first run with no key file yet (an ephemeral key) it does not: netcage
 /// creates it afterwards, and with `$HOME` writable (here `$HOME` is the working directory)
 /// the command sees and rewrites `trust.json`: it empties the record of writable
 /// directories and plants a key; the next run trusts the planted key and seals with it.
 #[test]
-#[ignore = "ESCAPE: on a first run the state dir is made after the view, and the command rewrites trust.json"]
 fn the_state_dir_is_hidden_on_a_first_run_too() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -836,14 +836,13 @@ print(json.dumps(out))
     tally.finish();
 }
 
-/// ESCAPE: the minimal `/dev` does not stop device nodes elsewhere. Neither the read-only
+/// Attack (once an escape): the minimal `/dev` does not stop device nodes elsewhere. Neither the read-only
 /// root nor the writable working directory is `nodev`, so a device node anywhere on the
 /// host's filesystems — a chroot or container rootfs (debootstrap, LXC, sbuild, mock make
 /// them), a build tree — opens as the device. Here, as root, a `kmsg` node (char 1:11,
 /// 0644 root, as the real one) writes a line into the host's kernel log, and in both modes a
 /// `kvm` node (10:232, 0666 as many distributions make /dev/kvm) answers `KVM_GET_API_VERSION`.
 #[test]
-#[ignore = "ESCAPE: device nodes outside /dev (chroots, rootfs trees) open: no mount is nodev"]
 fn device_nodes_outside_dev_do_not_open() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1308,13 +1307,13 @@ echo written > /tmp/inside.txt && echo "tmp=$(cat /tmp/inside.txt)"
     tally.finish();
 }
 
-/// ESCAPE: start-up files are made read-only only where they exist. With `$HOME` writable
+/// Known gap (README): start-up files are made read-only only where they exist. With `$HOME` writable
 /// (the working directory, as here, or under `--write`), the command creates the ones that
 /// are missing: `~/.bash_profile` (which bash then reads instead of `~/.profile`), a
 /// `~/.gitconfig` whose `core.fsmonitor` runs at the next `git status`, and
 /// `~/.ssh/authorized_keys` (`~/.ssh` is hidden only if it exists).
 #[test]
-#[ignore = "ESCAPE: missing start-up files (~/.bash_profile, ~/.gitconfig, ~/.ssh/authorized_keys) can be created in a writable $HOME"]
+#[ignore = "known gap: missing start-up files (~/.bash_profile, ~/.gitconfig) can be created in a writable $HOME"]
 fn missing_start_up_files_cannot_be_created_in_a_writable_home() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1338,12 +1337,11 @@ mkdir -p .ssh && echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPlanted attacker' > 
     });
 }
 
-/// ESCAPE: with `$HOME` elsewhere the start-up files are behind the throwaway layer — but a
+/// Attack (once an escape): with `$HOME` elsewhere the start-up files are behind the throwaway layer — but a
 /// start-up file that is a symbolic link into the working directory (a dotfiles checkout:
 /// `~/.bashrc -> ~/dotfiles/bashrc`, the agent working in `~/dotfiles`) is written through
 /// the link, for real.
 #[test]
-#[ignore = "ESCAPE: a start-up file linked into the working directory (dotfiles) is written through the link"]
 fn start_up_files_linked_into_the_working_directory_stay_read_only() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1402,10 +1400,9 @@ fn assert_hook_did_not_run(fx: &Fx, repo: &Path, what: &str) {
     );
 }
 
-/// ESCAPE: `.git/hooks` is made read-only only when it exists. A repository without one
+/// Attack (once an escape): `.git/hooks` is made read-only only when it exists. A repository without one
 /// (`git init --template=`, hooks removed, some clone tools) gets a hook from the command.
 #[test]
-#[ignore = "ESCAPE: a repository without .git/hooks gets a hook from the command"]
 fn a_repository_without_hooks_gets_none_from_the_sandbox() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1418,11 +1415,10 @@ fn a_repository_without_hooks_gets_none_from_the_sandbox() {
     });
 }
 
-/// ESCAPE: when `.git` is a file (a `git worktree`, a submodule checkout), nothing of it is
+/// Attack (once an escape): when `.git` is a file (a `git worktree`, a submodule checkout), nothing of it is
 /// protected: the command points it at a git dir of its own, whose hooks run at the user's
 /// next git command.
 #[test]
-#[ignore = "ESCAPE: a .git file (worktree, submodule) is rewritten to point at the command's own git dir"]
 fn a_git_file_cannot_be_pointed_elsewhere() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1449,11 +1445,10 @@ rm -f wt/.git && echo "gitdir: ../evil/.git" > wt/.git"#;
     });
 }
 
-/// ESCAPE: only `.git` directly in a writable root is protected. A repository below the
+/// Attack (once an escape): only `.git` directly in a writable root is protected. A repository below the
 /// working directory (the agent works in `~/src`, which holds clones) and a submodule's git
 /// dir (`.git/modules/NAME`) keep writable hooks.
 #[test]
-#[ignore = "ESCAPE: hooks of repositories below the working directory and of submodules (.git/modules) are writable"]
 fn hooks_of_nested_repositories_and_submodules_stay_read_only() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1679,29 +1674,29 @@ except OSError as e:
     );
 }
 
-/// ESCAPE: host sockets are listed once, when the sandbox is built. A socket a service
+/// Known gap (README): host sockets are listed once, when the sandbox is built. A socket a service
 /// binds later (an agent started after `netcage serve`, a per-session socket) is not
 /// covered.
 #[test]
-#[ignore = "ESCAPE: a host socket bound after the sandbox started is reachable"]
+#[ignore = "known gap: a host socket bound after the sandbox started is reachable"]
 fn a_host_socket_bound_after_the_start_is_out_of_reach() {
     in_each_mode(|mode| host_socket_during_the_run(mode, Late::BoundAfterStart));
 }
 
-/// ESCAPE: a covered socket's cover is a mount on its path. When the service restarts
+/// Known gap (README): a covered socket's cover is a mount on its path. When the service restarts
 /// (unlinks the socket, binds it again) the kernel drops the mount with the unlinked file,
 /// and the new socket at the same path is reachable.
 #[test]
-#[ignore = "ESCAPE: a host socket re-created (service restart) loses its cover and is reachable"]
+#[ignore = "known gap: a host socket re-created (service restart) loses its cover and is reachable"]
 fn a_host_socket_re_created_during_the_run_is_out_of_reach() {
     in_each_mode(|mode| host_socket_during_the_run(mode, Late::Rebound));
 }
 
-/// ESCAPE: `sock_diag` lists the sockets of netcage's own network namespace only. A
+/// Known gap (README): `sock_diag` lists the sockets of netcage's own network namespace only. A
 /// listener of another network namespace (a container, another sandbox) bound on a path the
 /// sandbox can see is not covered; filesystem sockets ignore network namespaces.
 #[test]
-#[ignore = "ESCAPE: a host socket bound in another network namespace is not listed and is reachable"]
+#[ignore = "known gap: a host socket bound in another network namespace is not listed and is reachable"]
 fn a_socket_of_another_network_namespace_is_out_of_reach() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -1727,10 +1722,10 @@ fn a_socket_of_another_network_namespace_is_out_of_reach() {
     });
 }
 
-/// ESCAPE: a socket bound with a relative path (`bind("svc.sock")` after `chdir`) is listed
+/// Known gap (README): a socket bound with a relative path (`bind("svc.sock")` after `chdir`) is listed
 /// by `sock_diag` under that relative name, which netcage skips: it stays reachable.
 #[test]
-#[ignore = "ESCAPE: a host socket bound by relative path is not covered"]
+#[ignore = "known gap: a host socket bound by relative path is not covered"]
 fn a_socket_bound_by_relative_path_is_out_of_reach() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -2309,12 +2304,11 @@ fn vsock_and_the_refused_syscalls_fail_and_fork_and_threads_work() {
     tally.finish();
 }
 
-/// ESCAPE: the filter compares the full 64-bit register, but `socket()` takes an `int`
+/// Attack (once an escape): the filter compares the full 64-bit register, but `socket()` takes an `int`
 /// domain: the kernel ignores the upper 32 bits. `socket(0x1_0000_0028, …)` passes the
 /// filter's `== AF_VSOCK` test and creates an AF_VSOCK socket, a way to the hypervisor
 /// around the network namespace. (The socket is only created and checked, never connected.)
 #[test]
-#[ignore = "ESCAPE: socket(AF_VSOCK | 1 << 32) passes the seccomp filter and creates a vsock socket"]
 fn vsock_cannot_be_had_with_high_bits_in_the_domain() {
     const SCRIPT: &str = r#"
 import socket
@@ -2336,13 +2330,12 @@ else:
     });
 }
 
-/// ESCAPE: as for vsock, `ioctl()`'s request is an `unsigned int` to the kernel but a
+/// Attack (once an escape): as for vsock, `ioctl()`'s request is an `unsigned int` to the kernel but a
 /// 64-bit value to the filter: `ioctl(0, TIOCSTI | 1 << 32, c)` passes it. Under a
 /// terminal (netcage's controlling terminal, shared with the shell that started it), the
 /// command pushes a line into the terminal's input; the shell outside reads it after netcage
 /// exits — an interactive shell would run it as a command, outside the sandbox.
 #[test]
-#[ignore = "ESCAPE: ioctl(TIOCSTI | 1 << 32) passes the seccomp filter: the shell outside reads injected input"]
 fn the_terminal_cannot_be_fed_with_high_bits_in_the_ioctl_request() {
     const INSIDE: &str = r#"
 import ctypes, os, sys
@@ -2445,7 +2438,7 @@ echo '{"forged":"line"}' >> "$1"; echo "audit write=$?"
     tally.finish();
 }
 
-/// ESCAPE: netcage opens its audit log (`<data dir>/netcage-audit.jsonl` by default) and
+/// Attack (once an escape): netcage opens its audit log (`<data dir>/netcage-audit.jsonl` by default) and
 /// writes its CA files (`proxy-ca-key.pem`…) following symbolic links. A command whose run
 /// used another data dir makes `./.starpod/db` (the default data dir of the next run here)
 /// with those names linked to files elsewhere. The next `netcage run` in this directory
@@ -2453,7 +2446,6 @@ echo '{"forged":"line"}' >> "$1"; echo "audit write=$?"
 /// double quotes — to the first (here a shell start-up script: sourcing it runs a `$(…)` the
 /// command put in a path) and overwrites the second with the CA's private key.
 #[test]
-#[ignore = "ESCAPE: the next run writes its audit log and CA key through links a command planted in the data dir"]
 fn netcage_writes_nothing_through_links_a_command_planted() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);
@@ -2515,14 +2507,14 @@ echo direct >> "$1"; echo "direct write=$?""#;
     });
 }
 
-/// ESCAPE: a credential file is hidden by a mount on its path. Tools replace such files
+/// Known gap (README): a credential file is hidden by a mount on its path. Tools replace such files
 /// atomically (`docker login` writes `config.json` through a temporary file and a rename;
 /// git's credential store renames a lock file over `.git-credentials`); the kernel then
 /// drops the mount with the old file, and the new file — the new credentials — is readable
 /// in a sandbox that is still running (a `netcage serve`, a long command) when `$HOME` is
 /// writable (here the working directory). With `$HOME` elsewhere the layer keeps it hidden.
 #[test]
-#[ignore = "ESCAPE: a credential file replaced on the host during the run (rename over it) loses its cover"]
+#[ignore = "known gap: a credential file replaced on the host during the run (rename over it) loses its cover"]
 fn a_credential_file_replaced_during_the_run_stays_hidden() {
     in_each_mode(|mode| {
         let fx = Fx::new(mode);

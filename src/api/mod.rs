@@ -345,6 +345,9 @@ impl SandboxBuilder {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(".vault_key"));
+        crate::keytrust::Store::default_location()
+            .vouch_path(&self.data_dir, "data dir")
+            .map_err(Error)?;
         let key = match self.key {
             Some(key) => key,
             None => match Key::load(&key_file) {

@@ -9,8 +9,17 @@ use std::path::{Path, PathBuf};
 use super::{Error, Started};
 use crate::ca::{CA_BUNDLE, CA_CERT};
 use crate::keytrust;
-use crate::sandbox::host_sockets;
 use crate::sandbox::layout::{self, Input, Layout, absolute, expand};
+use crate::sandbox::{gitdirs, host_sockets};
+
+/// Made (empty) when `$HOME` is writable and they are missing: they are then hidden or kept
+/// read-only like the rest, instead of being the command's to create (`~/.ssh/authorized_keys`
+/// lets anyone in; user units and autostart entries run at the next login).
+const HOME_DIRS_TO_MAKE: &[(&str, u32)] = &[
+    ("~/.ssh", 0o700),
+    ("~/.config/systemd", 0o755),
+    ("~/.config/autostart", 0o755),
+];
 
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
@@ -55,19 +64,68 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
             }
         }
     }
-    let hide = files
+    let mut hide: Vec<PathBuf> = files
         .hide
         .iter()
         .filter_map(|e| resolve(e))
         .map(|p| canonical(&p))
         .collect();
+    // The user's own home by the password database, when $HOME names another (a service
+    // with HOME unset or elsewhere, root under sudo -E): its credentials are as readable.
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid()) {
+        let own = canonical(&user.dir);
+        if own.is_absolute() && own != Path::new("/") && Some(&own) != home.as_ref() {
+            hide.extend(
+                crate::sandbox::credentials::HOME_SECRETS
+                    .iter()
+                    .filter_map(|(e, _)| expand(e, Some(&own))),
+            );
+        }
+    }
     let show = files.show.iter().filter_map(|e| resolve(e)).collect();
     let store = keytrust::Store::default_location();
+    // It must exist to be hidden (the first run of all makes it).
+    store.ensure().map_err(Error)?;
     let mut notes = Vec::new();
     let host_sockets = host_sockets::bound_paths().unwrap_or_else(|e| {
         notes.push(format!("the host's Unix sockets could not be listed ({e}); sockets outside /run, /tmp, /var/tmp and $HOME stay reachable"));
         Vec::new()
     });
+    let roots = layout::writable_roots(&cwd, &write);
+    let git = gitdirs::find(&roots);
+    for hooks in &git.missing_hooks {
+        // An empty hooks directory, so that it can be kept read-only.
+        if let Err(e) = std::fs::create_dir(hooks) {
+            notes.push(format!(
+                "cannot make {} ({e}): a hook the command puts there would run at your next git command",
+                hooks.display()
+            ));
+        }
+    }
+    if git.truncated {
+        notes.push(format!(
+            "more than {} entries in the writable directories: git repositories deeper in were not looked for, and their hooks are writable",
+            gitdirs::BUDGET
+        ));
+    }
+    let mut protect = git.protect;
+    protect.extend(git.missing_hooks.into_iter().filter(|h| h.is_dir()));
+    if let Some(h) = &home
+        && roots.iter().any(|r| h.starts_with(r))
+    {
+        for (entry, mode) in HOME_DIRS_TO_MAKE {
+            let Some(dir) = expand(entry, Some(h)) else {
+                continue;
+            };
+            if dir.symlink_metadata().is_err() {
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(*mode)
+                    .create(&dir);
+            }
+        }
+    }
     let input = Input {
         cwd,
         home,
@@ -85,6 +143,7 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
         hide,
         show,
         host_sockets,
+        git: protect,
     };
     let mut view = layout::layout(&input);
     view.notes.extend(notes);

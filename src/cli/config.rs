@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -151,6 +151,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     if !problems.is_empty() {
         return Err(input_error(problems.join("; ")));
     }
+    let store = netcage::keytrust::Store::default_location();
+    store
+        .vouch_path(&key_args.data_dir, "data dir")
+        .map_err(input_error)?;
     let key = load_or_ephemeral_key(key_args)?;
     let mut sealed = Vec::new();
     let sealed_env = specs
@@ -178,6 +182,11 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
                 .to_string_lossy()
                 .into_owned()
         });
+    if audit_path != "-" {
+        store
+            .vouch_path(Path::new(&audit_path), "audit log")
+            .map_err(input_error)?;
+    }
     let learner = learn.as_ref().map(|l| l.learner.clone());
     let audit = AuditLog::open_with(&audit_path, learner).with_context(|| {
         format!("cannot open the audit log {audit_path} (choose another with --audit FILE)")

@@ -125,9 +125,7 @@ pub const HOME_CODE: &[&str] = &[
     "~/.cargo/config",
 ];
 
-/// Inside each writable directory that is a git work tree: hooks and configuration run code
-/// at the user's next `git` command outside.
-pub const GIT_CODE: &[&str] = &[".git/hooks", ".git/config"];
+// (Git repositories in writable directories are `gitdirs`'s.)
 
 #[cfg(test)]
 mod tests {
@@ -160,8 +158,7 @@ mod tests {
             .iter()
             .chain(SYSTEM_SECRETS)
             .map(|(p, _)| *p)
-            .chain(HOME_CODE.iter().copied())
-            .chain(GIT_CODE.iter().copied());
+            .chain(HOME_CODE.iter().copied());
         for entry in entries {
             assert!(
                 readme.contains(&format!("`{entry}`")),

@@ -166,6 +166,9 @@ fn init(sock: OwnedFd) -> i32 {
             return fail(e);
         }
     }
+    if let Err(e) = super::mounts::mask_kernel_files() {
+        return fail(e);
+    }
     let proc_dir = match open(
         "/proc",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::credentials::{GIT_CODE, HOME_CODE, HOME_SECRETS, SYSTEM_SECRETS};
+use super::credentials::{HOME_CODE, HOME_SECRETS, SYSTEM_SECRETS};
 
 /// One step of the filesystem view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,8 @@ pub struct Input {
     pub show: Vec<PathBuf>,
     /// Pathname Unix sockets that processes outside are listening on.
     pub host_sockets: Vec<PathBuf>,
+    /// Git hooks, configs and `.git` files in the writable directories (`gitdirs`).
+    pub git: Vec<PathBuf>,
 }
 
 /// The view, and what a user is told about it.
@@ -138,27 +140,34 @@ fn is_real_dir(path: &Path) -> bool {
     path.symlink_metadata().is_ok_and(|m| m.is_dir())
 }
 
-/// Builds the view for `input`.
-pub fn layout(input: &Input) -> Layout {
-    let mut out = Layout::default();
-    let home = input.home.as_deref();
-
-    // Writable roots: parents before children (a child is mounted on top of its parent).
+/// The directories a command may change for real: the working directory (unless it is a
+/// system directory) and `write`, parents before children (a child is mounted on top).
+pub fn writable_roots(cwd: &Path, write: &[PathBuf]) -> Vec<PathBuf> {
     let mut writable: Vec<PathBuf> = Vec::new();
-    if is_system_dir(&input.cwd) {
-        out.notes.push(format!(
-            "the working directory {} stays read-only (a system directory); add --write DIR to change that",
-            input.cwd.display()
-        ));
-    } else {
-        writable.push(input.cwd.clone());
+    if !is_system_dir(cwd) {
+        writable.push(cwd.to_owned());
     }
-    for w in &input.write {
+    for w in write {
         if !writable.contains(w) {
             writable.push(w.clone());
         }
     }
     writable.sort_by_key(|p| p.components().count());
+    writable
+}
+
+/// Builds the view for `input`.
+pub fn layout(input: &Input) -> Layout {
+    let mut out = Layout::default();
+    let home = input.home.as_deref();
+
+    let writable = writable_roots(&input.cwd, &input.write);
+    if is_system_dir(&input.cwd) {
+        out.notes.push(format!(
+            "the working directory {} stays read-only (a system directory); add --write DIR to change that",
+            input.cwd.display()
+        ));
+    }
     let root_of = |path: &Path| -> Option<&PathBuf> {
         writable
             .iter()
@@ -176,6 +185,12 @@ pub fn layout(input: &Input) -> Layout {
     let overlay_home = home
         .filter(|h| is_real_dir(h) && *h != Path::new("/") && root_of(h).is_none() && !in_fresh(h));
     let home_writable = home.is_some_and(|h| root_of(h).is_some());
+    if let Some(h) = home.filter(|_| home_writable) {
+        out.notes.push(format!(
+            "the command may change all of your home directory {} (it is the working directory or under --write) except the start-up files and credential locations that exist; it could add new ones: run it in a project directory instead",
+            h.display()
+        ));
+    }
     // A path whose changes would persist, i.e. on a writable root and not on a throwaway
     // layer: only there can a rename outlive the sandbox.
     let persistent = |p: &Path| root_of(p).is_some();
@@ -277,12 +292,20 @@ pub fn layout(input: &Input) -> Layout {
     }
     // Code that runs later outside, where it would persist.
     let mut code: Vec<PathBuf> = Vec::new();
-    if home_writable {
-        code.extend(HOME_CODE.iter().filter_map(|e| expand(e, home)));
+    for path in HOME_CODE.iter().filter_map(|e| expand(e, home)) {
+        // A start-up file that links into a writable directory (a dotfiles checkout) would
+        // be written through the link even behind the $HOME layer: the target stays
+        // read-only.
+        if let Ok(real) = std::fs::canonicalize(&path)
+            && real != path
+        {
+            code.push(real);
+        }
+        if home_writable {
+            code.push(path);
+        }
     }
-    for w in &writable {
-        code.extend(GIT_CODE.iter().map(|e| w.join(e)));
-    }
+    code.extend(input.git.iter().cloned());
     for path in code {
         if exists(&path)
             && persistent(&path)

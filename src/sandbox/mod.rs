@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod detect;
 pub mod execs;
 pub mod fdpass;
+pub mod gitdirs;
 pub mod holder;
 pub mod host_sockets;
 pub mod landlock;

@@ -96,9 +96,9 @@ fn move_mount(tree: &OwnedFd, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Sets `attr` on the mount at `path` (or on the detached mount `dfd` with an empty path),
-/// and on every mount below it when `recursive`.
-fn set_attr(dfd: RawFd, path: &Path, recursive: bool, attr: u64) -> Result<(), String> {
+/// Sets `attr` (and clears `clear`) on the mount at `path` (or on the detached mount `dfd`
+/// with an empty path), and on every mount below it when `recursive`.
+fn set_attr(dfd: RawFd, path: &Path, recursive: bool, attr: u64, clear: u64) -> Result<(), String> {
     let c = cpath(path)?;
     let mut flags = 0;
     if recursive {
@@ -109,7 +109,7 @@ fn set_attr(dfd: RawFd, path: &Path, recursive: bool, attr: u64) -> Result<(), S
     }
     let attr = MountAttr {
         attr_set: attr,
-        attr_clr: 0,
+        attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };
@@ -126,15 +126,23 @@ fn set_attr(dfd: RawFd, path: &Path, recursive: bool, attr: u64) -> Result<(), S
         )
     };
     if rc != 0 {
-        return Err(errno(&format!("make {} read-only", path.display())));
+        return Err(errno(&format!(
+            "set the flags of the mount at {}",
+            path.display()
+        )));
     }
     Ok(())
 }
 
 /// Makes `path` read-only (and every mount below it when `recursive`).
 fn read_only(path: &Path, recursive: bool) -> Result<(), String> {
-    set_attr(libc::AT_FDCWD, path, recursive, MOUNT_ATTR_RDONLY)
+    set_attr(libc::AT_FDCWD, path, recursive, MOUNT_ATTR_RDONLY, 0)
 }
+
+/// No device node and no set-user-ID bit works on any mount of the sandbox but the minimal
+/// /dev's nodes: device nodes lie around in chroots, container root trees and backups, and
+/// one for `kmsg` or `kvm` opens the host's.
+const NO_DEV_SUID: u64 = (MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID) as u64;
 
 /// A new tmpfs that is not mounted anywhere (yet).
 fn detached_tmpfs(mode: &str) -> Result<OwnedFd, String> {
@@ -252,7 +260,7 @@ impl State {
             let mnt = detached_tmpfs("0755")?;
             std::fs::write(fd_path(&mnt, "empty"), b"")
                 .map_err(|e| format!("make an empty file: {e}"))?;
-            set_attr(mnt.as_raw_fd(), Path::new(""), false, MOUNT_ATTR_RDONLY)?;
+            set_attr(mnt.as_raw_fd(), Path::new(""), false, MOUNT_ATTR_RDONLY, 0)?;
             self.empties = Some(mnt);
         }
         Ok(self.empties.as_ref().expect("set above"))
@@ -286,7 +294,13 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
             let tree = open_tree(libc::AT_FDCWD, path, true)?;
             st.captured.insert(*slot, (tree, is_file));
         }
-        Op::ReadOnlyRoot => read_only(Path::new("/"), true)?,
+        Op::ReadOnlyRoot => set_attr(
+            libc::AT_FDCWD,
+            Path::new("/"),
+            true,
+            MOUNT_ATTR_RDONLY | NO_DEV_SUID,
+            0,
+        )?,
         Op::Tmpfs { path, mode } => tmpfs(path, nosuid_nodev, &format!("mode={mode:o}"))?,
         Op::Dev => dev()?,
         Op::Overlay { path } => {
@@ -303,6 +317,8 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
                 .captured
                 .remove(slot)
                 .ok_or_else(|| format!("nothing captured for {}", path.display()))?;
+            // Writable, but no device node or set-user-ID file works there either.
+            set_attr(tree.as_raw_fd(), Path::new(""), true, NO_DEV_SUID, 0)?;
             make_mount_point(path, is_file)?;
             move_mount(&tree, path)?;
         }
@@ -352,6 +368,44 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
     Ok(())
 }
 
+/// Kernel files in the sandbox's new /proc (and /sys) that tell about the host or its other
+/// users, masked as Docker does: the key descriptions of the uid (`keys`, `key-users`),
+/// timers and scheduling of every process, kernel memory, hardware lists.
+pub const MASKED: &[&str] = &[
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/kcore",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/proc/asound",
+    "/sys/firmware",
+];
+
+/// Covers each of [`MASKED`] that exists: a file with an empty read-only one, a directory
+/// with an empty read-only tmpfs (init calls this after mounting /proc).
+pub fn mask_kernel_files() -> Result<(), String> {
+    let mut empties = State::default();
+    for path in MASKED.iter().map(Path::new) {
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            tmpfs(
+                path,
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                "mode=0555,size=4k,nr_inodes=1",
+            )?;
+        } else {
+            let file = open_tree(empties.empties()?.as_raw_fd(), Path::new("empty"), false)?;
+            move_mount(&file, path)?;
+        }
+    }
+    Ok(())
+}
+
 /// A throwaway layer over `path`: overlayfs, lower `path` itself, upper and work dirs on a
 /// tmpfs that is mounted nowhere else (so nothing can write to it behind the overlay's back).
 fn overlay(path: &Path) -> Result<(), String> {
@@ -392,7 +446,16 @@ fn dev() -> Result<(), String> {
     for name in DEVICES {
         let host = dev.join(name);
         if host.exists() {
-            nodes.push((name, open_tree(libc::AT_FDCWD, &host, false)?));
+            let node = open_tree(libc::AT_FDCWD, &host, false)?;
+            // The copy inherits the read-only root's nodev: these are the nodes that work.
+            set_attr(
+                node.as_raw_fd(),
+                Path::new(""),
+                false,
+                0,
+                MOUNT_ATTR_NODEV as u64,
+            )?;
+            nodes.push((name, node));
         }
     }
     tmpfs(

@@ -335,8 +335,11 @@ pub const REFUSED: &[Refusal] = &[
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 fn rule(when: When) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    // The low 32 bits only: the kernel takes these arguments as `int` or `unsigned int`
+    // (socket's domain, ioctl's request) or uses no higher bit (namespace flags), so a value
+    // with high bits set must match as the kernel will read it.
     let cond = |arg: u8, op: SeccompCmpOp, value: u64| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
             .and_then(|c| SeccompRule::new(vec![c]))
     };
     Ok(match when {

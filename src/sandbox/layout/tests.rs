@@ -288,7 +288,10 @@ fn git_hooks_and_config_in_a_writable_repository_are_read_only() {
     let t = Tree::new();
     let hooks = t.dir("home/proj/.git/hooks");
     let config = t.file("home/proj/.git/config");
-    let l = layout(&t.input());
+    t.file("home/proj/.git/HEAD");
+    let mut input = t.input();
+    input.git = crate::sandbox::gitdirs::find(&writable_roots(&input.cwd, &input.write)).protect;
+    let l = layout(&input);
     let pin = pos(
         &l.ops,
         &Op::Pin {
@@ -297,6 +300,21 @@ fn git_hooks_and_config_in_a_writable_repository_are_read_only() {
     );
     assert!(pin < pos(&l.ops, &Op::ReadOnly { path: hooks }));
     assert!(pin < pos(&l.ops, &Op::ReadOnly { path: config }));
+}
+
+#[test]
+fn a_start_up_file_linked_into_the_working_directory_stays_read_only() {
+    let t = Tree::new();
+    let real = t.file("home/proj/dotfiles/bashrc");
+    std::os::unix::fs::symlink(&real, t.p("home/.bashrc")).unwrap();
+    let l = layout(&t.input());
+    assert!(has(&l.ops, &Op::ReadOnly { path: real }), "{:#?}", l.ops);
+    assert!(has(
+        &l.ops,
+        &Op::Pin {
+            path: t.p("home/proj/dotfiles")
+        }
+    ));
 }
 
 #[test]
