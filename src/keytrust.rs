@@ -147,6 +147,14 @@ impl Store {
 
     /// Remembers that sandboxes may write these directories from now on.
     pub fn grant_writable(&self, dirs: &[PathBuf]) -> Result<(), String> {
+        // The common case (a directory used before) reads only: no lock, no write.
+        let known = self.read()?;
+        if dirs
+            .iter()
+            .all(|d| known.writable.iter().any(|w| &w.path == d))
+        {
+            return Ok(());
+        }
         let now = now();
         self.update(|r| {
             for dir in dirs {

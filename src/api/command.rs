@@ -40,6 +40,7 @@ pub struct Command<'a> {
     cwd: Option<PathBuf>,
     stdio: [Stdio; 3],
     new_session: bool,
+    keep_ignored: bool,
     terminal: Option<(u8, bool)>,
     exec_id: Option<String>,
     uid: Option<u32>,
@@ -98,6 +99,7 @@ impl<'a> Command<'a> {
             cwd: None,
             stdio: [Stdio::Inherit, Stdio::Inherit, Stdio::Inherit],
             new_session: true,
+            keep_ignored: false,
             terminal: None,
             exec_id: None,
             uid: None,
@@ -184,6 +186,13 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// Keep the signals this process ignores (after `nohup`, say) ignored in the command even
+    /// when it has a session of its own (default: it starts with default dispositions).
+    pub fn keep_ignored_signals(&mut self, on: bool) -> &mut Self {
+        self.keep_ignored = on;
+        self
+    }
+
     /// The id audit lines carry for this command (default: `PREFIX-N`).
     pub fn exec_id(&mut self, id: impl Into<String>) -> &mut Self {
         self.exec_id = Some(id.into());
@@ -212,6 +221,7 @@ impl<'a> Command<'a> {
             .collect();
         spawn.cwd = self.cwd.as_ref().map(|d| d.as_os_str().as_bytes().to_vec());
         spawn.new_session = self.new_session;
+        spawn.keep_ignored = self.keep_ignored;
         if let Some((tty, foreground)) = self.terminal.filter(|_| !self.new_session) {
             spawn.tty = Some(tty);
             spawn.foreground = foreground;

@@ -125,7 +125,10 @@ async fn run_netns_tier(
     let run_id = format!("run-{}", std::process::id());
     let tty = Terminal::of_this_process();
     let mut cmd = sandbox.command(&command[0]);
-    cmd.args(&command[1..]).exec_id(run_id);
+    // `nohup netcage run …` means what it says.
+    cmd.args(&command[1..])
+        .exec_id(run_id)
+        .keep_ignored_signals(true);
     match &tty {
         Some(t) => {
             cmd.new_session(false).terminal(t.stdio, t.foreground);

@@ -61,6 +61,10 @@ pub struct Spawn {
     /// Make the command's group the terminal's foreground group as it starts (netcage was in
     /// the foreground).
     pub foreground: bool,
+    /// Keep the signals ignored where init was started (SIG_IGN from `nohup`) ignored in the
+    /// command; otherwise a command with a session of its own starts with default
+    /// dispositions.
+    pub keep_ignored: bool,
     /// Which of stdin, stdout, stderr come with the message (in that order); the others are
     /// /dev/null.
     pub stdio: [bool; 3],

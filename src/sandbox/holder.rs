@@ -192,6 +192,7 @@ fn init(sock: OwnedFd) -> i32 {
         sigfd,
         running: HashMap::new(),
         starting: Vec::new(),
+        seccomp: None,
     };
     init.serve()
 }
@@ -217,6 +218,8 @@ struct Init {
     sigfd: SignalFd,
     running: HashMap<Pid, Running>,
     starting: Vec<Starting>,
+    /// The commands' seccomp programs, compiled once.
+    seccomp: Option<Vec<seccompiler::BpfProgram>>,
 }
 
 impl Init {
@@ -268,7 +271,17 @@ impl Init {
 
     fn spawn(&mut self, req: Spawn, fds: Vec<OwnedFd>) {
         let id = req.id;
-        match start(req, fds) {
+        if self.seccomp.is_none() {
+            match super::seccomp::filter() {
+                Ok(progs) => self.seccomp = Some(progs),
+                Err(error) => {
+                    let _ = fdpass::send(&self.sock, &FromSandbox::SpawnFailed { id, error }, &[]);
+                    return;
+                }
+            }
+        }
+        let seccomp = self.seccomp.clone().unwrap_or_default();
+        match start(req, fds, seccomp) {
             Ok((pid, tty, status)) => self.starting.push(Starting {
                 id,
                 pid,
@@ -409,7 +422,11 @@ impl Init {
 type Forked = (Pid, Option<OwnedFd>, OwnedFd);
 
 /// Forks one command, which execs on its own, in a process group of its own.
-fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<Forked, String> {
+fn start(
+    req: Spawn,
+    fds: Vec<OwnedFd>,
+    seccomp: Vec<seccompiler::BpfProgram>,
+) -> Result<Forked, String> {
     let program = req.program();
     // The terminal (one of the stdio descriptors), kept by init to hand it back on resume.
     let tty = match req.tty.filter(|_| !req.new_session) {
@@ -460,8 +477,8 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<Forked, String> {
         cmd.current_dir(cwd);
     }
     let new_session = req.new_session;
+    let reset_signals = new_session && !req.keep_ignored;
     let rtmax = nix::libc::SIGRTMAX();
-    let seccomp = super::seccomp::filter()?;
     // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
     // only changes that process's own signal mask, session or group, terminal foreground,
     // capabilities, keyring, Landlock domain and prctl flags.
@@ -470,6 +487,8 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<Forked, String> {
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             if new_session {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            if reset_signals {
                 // Signals ignored by whoever started serve (nohup, `&` in a script) are not
                 // the command's: exec's forwarded SIGINT/SIGHUP must work. (`run` keeps them,
                 // so `nohup netcage run …` means what it says.)
@@ -478,7 +497,8 @@ fn start(req: Spawn, fds: Vec<OwnedFd>) -> Result<Forked, String> {
                         nix::libc::signal(sig, nix::libc::SIG_DFL);
                     }
                 }
-            } else {
+            }
+            if !new_session {
                 // A group of its own: `kill(0, …)` reaches only the command's processes, not
                 // the shell or agent that started netcage.
                 nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
