@@ -1214,21 +1214,6 @@ fn the_command_cannot_inject_input_into_the_terminal() {
             "note: dev.tty.legacy_tiocsti = 0: the kernel refuses TIOCSTI anyway, so this test cannot tell netcage's own refusal apart"
         );
     }
-    const PTY: &str = "import os, pty, sys\n\
-                       pid, master = pty.fork()\n\
-                       if pid == 0:\n\
-                       \x20   os.execvp(sys.argv[1], sys.argv[1:])\n\
-                       out = b''\n\
-                       while True:\n\
-                       \x20   try:\n\
-                       \x20       data = os.read(master, 4096)\n\
-                       \x20   except OSError:\n\
-                       \x20       break\n\
-                       \x20   if not data:\n\
-                       \x20       break\n\
-                       \x20   out += data\n\
-                       os.waitpid(pid, 0)\n\
-                       sys.stdout.write(out.decode(errors='replace'))\n";
     const INNER: &str = "import fcntl, termios, os\n\
                          try:\n\
                          \x20   fcntl.ioctl(0, termios.TIOCSTI, b'#')\n\
@@ -1238,22 +1223,7 @@ fn the_command_cannot_inject_input_into_the_terminal() {
                          print('tty', os.isatty(0))\n";
     for_each_mode(|mode| {
         let fx = Fx::new(mode);
-        let inner = fx.run_cmd(&[], &["python3", "-c", INNER]);
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg("-c")
-            .arg(PTY)
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        for (k, v) in inner.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        if let Some(dir) = inner.get_current_dir() {
-            cmd.current_dir(dir);
-        }
-        let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+        let out = under_pty(&fx.run_cmd(&[], &["python3", "-c", INNER]));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             text.contains("tty True"),

@@ -221,41 +221,9 @@ fn with_sc(script: &str) -> String {
     format!("{PY_SC}\n{script}")
 }
 
-/// Runs `cmd` (netcage, or a shell around it) under a pseudo-terminal made here, which
-/// becomes its controlling terminal like an interactive shell's; returns what the terminal
-/// showed.
-fn under_pty(cmd: &Command) -> String {
-    const PTY: &str = "import os, pty, sys\n\
-                       pid, master = pty.fork()\n\
-                       if pid == 0:\n\
-                       \x20   os.execvp(sys.argv[1], sys.argv[1:])\n\
-                       out = b''\n\
-                       while True:\n\
-                       \x20   try:\n\
-                       \x20       data = os.read(master, 4096)\n\
-                       \x20   except OSError:\n\
-                       \x20       break\n\
-                       \x20   if not data:\n\
-                       \x20       break\n\
-                       \x20   out += data\n\
-                       os.waitpid(pid, 0)\n\
-                       sys.stdout.write(out.decode(errors='replace'))\n";
-    let mut wrapper = Command::new("python3");
-    wrapper
-        .arg("-c")
-        .arg(PTY)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapper.env(k, v),
-            None => wrapper.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapper.current_dir(dir);
-    }
-    String::from_utf8_lossy(&run(&mut wrapper).stdout).into_owned()
+/// What the terminal showed of `cmd` run under a pseudo-terminal (`tier1_support::under_pty`).
+fn pty_text(cmd: &Command) -> String {
+    String::from_utf8_lossy(&under_pty(cmd).stdout).into_owned()
 }
 
 /// The host's kernel log (root reads it).
@@ -2153,7 +2121,7 @@ echo "shell alive"
             let fx = Fx::new(mode);
             let cmd = shell_around(&fx, "/bin/sh", OUTER, &["python3", "-c", INSIDE]);
             let text = if on_terminal {
-                under_pty(&cmd).replace('\r', "")
+                pty_text(&cmd).replace('\r', "")
             } else {
                 let mut cmd = cmd;
                 let out = run(&mut cmd);
@@ -2351,7 +2319,7 @@ print("tty", os.isatty(0))
         let fx = Fx::new(mode);
         let line = format!("echo INJECTED-{:08x}", rand::random::<u32>());
         let cmd = shell_around(&fx, "/bin/bash", OUTER, &["python3", "-c", INSIDE, &line]);
-        let seen = under_pty(&cmd);
+        let seen = pty_text(&cmd);
         assert!(
             seen.contains("tty True"),
             "[{}] not on a terminal: {seen}",

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
-use nix::sys::statvfs::{FsFlags, statvfs};
 
 use super::control::{HolderSpec, SocketKind};
 use super::plan::Ports;
@@ -111,93 +110,4 @@ pub fn build(spec: &HolderSpec) -> Result<Built, String> {
         std::env::set_current_dir(&cwd).map_err(|e| format!("re-enter {}: {e}", cwd.display()))?;
     }
     Ok((kinds, fds, notes))
-}
-
-/// Kernel interfaces that file permissions alone guard: as root (uid 0, even with no
-/// capabilities) the command could otherwise write global sysctls such as
-/// `kernel.core_pattern` (code execution outside the sandbox on the next crash) or the host
-/// name, trigger SysRq, or write cgroup and sysfs files. Read-only in the sandbox only.
-pub const READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/sys"];
-
-/// `mount_setattr(2)`'s argument (linux/mount.h).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-
-/// Makes `path` (a file or a directory tree, submounts included) read-only in this mount
-/// namespace: a recursive bind mount of it onto itself, then the read-only flag on that tree.
-/// Missing paths are skipped.
-pub fn make_read_only(path: &str) -> Result<(), String> {
-    if !std::path::Path::new(path).exists() {
-        return Ok(());
-    }
-    mount(
-        Some(path),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("bind {path} for a read-only view: {e}"))?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let cpath = std::ffi::CString::new(path).map_err(|e| e.to_string())?;
-    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live, properly laid
-    // out struct and a NUL-terminated path; it changes only mounts of this mount namespace.
-    let rc = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_mount_setattr,
-            nix::libc::AT_FDCWD,
-            cpath.as_ptr(),
-            nix::libc::AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(nix::libc::ENOSYS) {
-        return Err(format!("make {path} read-only: {err}"));
-    }
-    // Before Linux 5.12: remount each mount of the tree, keeping the flags it has (a mount
-    // inherited from another user namespace may not lose nosuid, nodev or noexec).
-    let table = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let prefix = format!("{}/", path.trim_end_matches('/'));
-    let points = table
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|p| *p == path || p.starts_with(&prefix));
-    for point in points {
-        let kept = statvfs(point)
-            .map(|s| s.flags())
-            .map_err(|e| format!("statvfs {point}: {e}"))?;
-        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-        for (st, ms) in [
-            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        ] {
-            if kept.contains(st) {
-                flags |= ms;
-            }
-        }
-        mount(None::<&str>, point, None::<&str>, flags, None::<&str>)
-            .map_err(|e| format!("make {point} read-only: {e}"))?;
-    }
-    Ok(())
 }

@@ -30,9 +30,10 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::build::{READ_ONLY, build, make_read_only};
+use super::build::build;
 use super::control::{FromSandbox, HolderSpec, Spawn, ToSandbox};
 use super::fdpass;
+use super::mounts::{READ_ONLY, make_read_only};
 
 /// The descriptor `launch` puts the control socket on.
 pub const CONTROL_FD: i32 = 3;

@@ -368,6 +368,24 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
     Ok(())
 }
 
+/// Kernel interfaces that file permissions alone guard: as root (uid 0, even with no
+/// capabilities) the command could otherwise write global sysctls such as
+/// `kernel.core_pattern` (code execution outside the sandbox on the next crash) or the host
+/// name, trigger SysRq, or write cgroup and sysfs files. Read-only in the sandbox only (the
+/// root's read-only flag covers `/sys`; init's new /proc needs this).
+pub const READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+
+/// Makes `path` (a file or a directory tree, submounts included) read-only: a recursive bind
+/// of it onto itself, then the read-only flag on that tree. A missing path is skipped.
+pub fn make_read_only(path: &str) -> Result<(), String> {
+    let path = Path::new(path);
+    if !path.exists() {
+        return Ok(());
+    }
+    bind(path)?;
+    read_only(path, true)
+}
+
 /// Kernel files in the sandbox's new /proc (and /sys) that tell about the host or its other
 /// users, masked as Docker does: the key descriptions of the uid (`keys`, `key-users`),
 /// timers and scheduling of every process, kernel memory, hardware lists.

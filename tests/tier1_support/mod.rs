@@ -782,3 +782,40 @@ pub fn loopback_names() -> Vec<String> {
     }
     names
 }
+
+/// Runs `cmd` (netcage, or a shell around it) under a pseudo-terminal made here, which
+/// becomes its controlling terminal like an interactive shell's (bounded by [`RUN_TIMEOUT`]);
+/// its stdout is what the terminal showed.
+pub fn under_pty(cmd: &Command) -> Output {
+    const PTY: &str = "import os, pty, sys\n\
+                       pid, master = pty.fork()\n\
+                       if pid == 0:\n\
+                       \x20   os.execvp(sys.argv[1], sys.argv[1:])\n\
+                       out = b''\n\
+                       while True:\n\
+                       \x20   try:\n\
+                       \x20       data = os.read(master, 4096)\n\
+                       \x20   except OSError:\n\
+                       \x20       break\n\
+                       \x20   if not data:\n\
+                       \x20       break\n\
+                       \x20   out += data\n\
+                       os.waitpid(pid, 0)\n\
+                       sys.stdout.write(out.decode(errors='replace'))\n";
+    let mut wrapper = Command::new("python3");
+    wrapper
+        .arg("-c")
+        .arg(PTY)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapper.env(k, v),
+            None => wrapper.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapper.current_dir(dir);
+    }
+    run_with_timeout(&mut wrapper, RUN_TIMEOUT)
+}
