@@ -46,10 +46,113 @@ pub struct Secrets {
     pub plaintext_http: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub path: Option<String>,
+    /// The log's size cap: past it the file is rotated (`<path>.1`). 0 = no cap.
+    #[serde(default = "default_audit_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_audit_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            max_bytes: default_audit_max_bytes(),
+        }
+    }
+}
+
+/// `[limits]`: what one command may take of the proxy (DESIGN §1.6). Every key is optional;
+/// the defaults are in [`Limits::default`] and README's "Limits".
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// From a connection's first byte to a finished TLS handshake.
+    pub tls_handshake_secs: f64,
+    /// For a request's head (line and headers), from its first byte.
+    pub request_head_secs: f64,
+    /// A keep-alive connection (HTTP/1.1 or HTTP/2) with no request in flight.
+    pub idle_secs: f64,
+    /// A request body that stops sending.
+    pub body_stall_secs: f64,
+    /// An upstream that sends nothing while a response is awaited or streamed (long polls
+    /// and server-sent events that keep sending are not idle).
+    pub upstream_idle_secs: f64,
+    /// All request bodies the proxy holds in memory at once (they are read whole before
+    /// anything goes upstream, up to 8 MiB each).
+    pub body_memory_mib: u64,
+    /// How long a body waits for room in that budget before it is refused.
+    pub body_wait_secs: f64,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2), bytes.
+    pub max_header_bytes: u32,
+    /// Open connections of one command (`run`, or one `exec` of a `serve`).
+    pub connections_per_exec: u32,
+    /// DNS queries per second of one sandbox (a burst of as many is allowed).
+    pub dns_queries_per_sec: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tls_handshake_secs: 15.0,
+            request_head_secs: 30.0,
+            idle_secs: 50.0,
+            body_stall_secs: 50.0,
+            upstream_idle_secs: 300.0,
+            body_memory_mib: 64,
+            body_wait_secs: 10.0,
+            h2_max_streams: 100,
+            max_header_bytes: 64 * 1024,
+            connections_per_exec: 1024,
+            dns_queries_per_sec: 500,
+        }
+    }
+}
+
+impl Limits {
+    /// Every value that is not a usable number, so a user can fix them all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, v) in [
+            ("tls_handshake_secs", self.tls_handshake_secs),
+            ("request_head_secs", self.request_head_secs),
+            ("idle_secs", self.idle_secs),
+            ("body_stall_secs", self.body_stall_secs),
+            ("upstream_idle_secs", self.upstream_idle_secs),
+            ("body_wait_secs", self.body_wait_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                out.push(format!(
+                    "limits.{key} = {v}: give seconds, more than 0 and at most 86400"
+                ));
+            }
+        }
+        for (key, v) in [
+            ("body_memory_mib", self.body_memory_mib),
+            ("h2_max_streams", u64::from(self.h2_max_streams)),
+            ("max_header_bytes", u64::from(self.max_header_bytes)),
+            ("connections_per_exec", u64::from(self.connections_per_exec)),
+            ("dns_queries_per_sec", u64::from(self.dns_queries_per_sec)),
+        ] {
+            if v == 0 {
+                out.push(format!("limits.{key} = 0: give a number above 0"));
+            }
+        }
+        out
+    }
+
+    /// A limit in seconds as a duration.
+    pub fn secs(v: f64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(v)
+    }
 }
 
 /// `[files]`: what the command may write, and which credential locations it does not see
@@ -81,6 +184,8 @@ pub struct Policy {
     pub audit: AuditConfig,
     #[serde(default)]
     pub files: FilesConfig,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Cloud metadata and credential endpoints: refused unless the allow list names one exactly
@@ -236,6 +341,7 @@ impl Policy {
                 ));
             }
         }
+        out.extend(self.limits.problems());
         let files = &self.files;
         for (key, entry) in (files.write.iter().map(|e| ("write", e)))
             .chain(files.hide.iter().map(|e| ("hide", e)))
@@ -477,6 +583,26 @@ tcp = ["github.com:22"]"#,
         assert!(err.contains("defualt") && err.contains(":2"), "{err}");
         std::fs::write(&path, "[secrets]\non_host_mismatch = \"maybe\"\n").unwrap();
         assert!(Policy::load(&path).is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bad_values_are_reported() {
+        let p = Policy::default();
+        assert_eq!(p.limits.idle_secs, 50.0);
+        assert_eq!(p.audit.max_bytes, 100 * 1024 * 1024);
+        let p = policy("[limits]\nidle_secs = 5\n");
+        assert_eq!(p.limits.idle_secs, 5.0);
+        assert_eq!(p.limits.tls_handshake_secs, 15.0);
+        let p = policy("[limits]\nidle_secs = -1\nh2_max_streams = 0\n");
+        let problems = p.problems();
+        assert!(
+            problems.iter().any(|e| e.contains("idle_secs")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|e| e.contains("h2_max_streams")),
+            "{problems:?}"
+        );
     }
 
     #[test]
