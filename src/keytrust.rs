@@ -139,7 +139,12 @@ impl Store {
 
     fn read(&self) -> Result<Record, String> {
         match std::fs::read(self.file()) {
-            Ok(text) => serde_json::from_slice(&text).map_err(|e| self.fail("read", e)),
+            Ok(text) => serde_json::from_slice(&text).map_err(|e| {
+                self.fail(
+                    "read",
+                    format!("{e}; repair it, or remove it (netcage then forgets which directories sandboxes could write)"),
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
             Err(e) => Err(self.fail("read", e)),
         }
