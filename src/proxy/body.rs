@@ -15,6 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 use super::decide::Decider;
+use super::timeouts::TimedOut;
 use crate::audit::{AuditLog, Event};
 use crate::scan::{BodyScanner, Leak, LeakScanner, Redactor};
 
@@ -254,21 +255,31 @@ impl<B> Drop for Audited<B> {
 
 impl<B> Body for Audited<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(event)) = (&frame, &mut this.event)
-            && let Some(data) = frame.data_ref()
-        {
-            event.bytes_down += data.len() as u64;
+        match (&frame, &mut this.event) {
+            (Some(Ok(frame)), Some(event)) => {
+                if let Some(data) = frame.data_ref() {
+                    event.bytes_down += data.len() as u64;
+                }
+            }
+            // The response was cut because the upstream went silent: the line says so.
+            (Some(Err(e)), Some(event)) => {
+                if let Some(timed_out) = TimedOut::find(&**e) {
+                    event.decision = "error";
+                    event.reason = Some(timed_out.0.clone());
+                }
+            }
+            _ => {}
         }
         Poll::Ready(frame)
     }

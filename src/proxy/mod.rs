@@ -10,6 +10,7 @@
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
+//! timeouts.rs  `[limits]` timeouts: request head, idle keep-alive, stalled bodies, raw relays
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
 //! io.rs        a stream with bytes already read put back in front
@@ -24,6 +25,7 @@ mod guard;
 mod io;
 mod respond;
 mod service;
+mod timeouts;
 mod tls;
 mod transparent;
 mod tunnel;
