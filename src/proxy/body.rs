@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -43,6 +43,35 @@ pub struct BodyBlocked;
 #[derive(Debug, thiserror::Error)]
 #[error("the body ended early at its source: {0}")]
 pub struct SourceFailed(#[source] pub BoxError);
+
+/// Reads a body of `length` bytes (its `Content-Length`) whole, into one buffer of that size:
+/// a body that arrives in one frame is kept as it is; otherwise each frame is copied in and
+/// freed at once, so a body never takes twice its size.
+pub async fn read_whole<B>(mut body: B, length: u64) -> Result<Bytes, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut single: Option<Bytes> = None;
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if single.is_none() && whole.is_empty() {
+            single = Some(data);
+            continue;
+        }
+        if let Some(first) = single.take() {
+            whole.reserve(usize::try_from(length).unwrap_or(0).max(first.len()));
+            whole.extend_from_slice(&first);
+        }
+        whole.extend_from_slice(&data);
+    }
+    Ok(single.unwrap_or_else(|| whole.freeze()))
+}
 
 /// A transformation applied to the data frames of a body.
 pub trait Transform: Send + 'static {

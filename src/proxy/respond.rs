@@ -1,5 +1,6 @@
 //! Errors become HTTP responses here, and only here: 403 policy, 421 misdirected, 400 bad
-//! request, 408 a request body that stopped, 502 upstream failure, 504 upstream timeout. Bodies are one JSON object.
+//! request, 408 a request body that stopped, 502 upstream failure, 503 no room for a body,
+//! 504 upstream timeout. Bodies are one JSON object.
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;

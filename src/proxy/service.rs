@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
 use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
+use super::budget::Held;
 use super::decide::Decider;
 use super::timeouts::{self, Silent, Stall, TimedOut};
 use super::{ConnInfo, Proxy, guard, respond};
@@ -25,10 +26,11 @@ use crate::hosts;
 use crate::policy::{self, Limits};
 use crate::scan::{self, BodyScanner, LeakSet, RedactSet};
 
-/// Request bodies with a `Content-Length` up to this size are read whole before anything goes
-/// upstream, so a blocked token stops the request before a byte leaves and `Content-Length`
-/// stays exact after substitution. Larger bodies, and bodies without a length, are streamed
-/// through the scanner and sent without `Content-Length` (chunked on HTTP/1.1).
+/// Request bodies with a `Content-Length` up to this size (and the memory budget,
+/// `limits.body_memory_mib`) are read whole before anything goes upstream, so a blocked token
+/// stops the request before a byte leaves and `Content-Length` stays exact after substitution.
+/// Larger bodies, and bodies without a length, are streamed through the scanner and sent
+/// without `Content-Length` (chunked on HTTP/1.1).
 pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// Values substituted on one client connection; responses on it must not show them.
@@ -278,7 +280,8 @@ async fn forward(
         ));
     }
 
-    // 5. The body: read whole when small and sized, else streamed; the leak guard first.
+    // 5. The body: read whole when small and sized, within the memory budget, else streamed;
+    //    the leak guard first.
     let limits = &proxy.cfg.policy.limits;
     let stall = Limits::secs(limits.body_stall_secs);
     let upgrade = is_upgrade(&req);
@@ -286,12 +289,26 @@ async fn forward(
     let (mut parts, incoming) = req.into_parts();
     let bytes_up = Arc::new(AtomicU64::new(0));
     let length = incoming.size_hint().exact();
+    let buffered = BODY_BUFFER_LIMIT.min(proxy.bodies.bytes());
     let upstream_body = if incoming.is_end_stream() {
         body::empty()
-    } else if length.is_some_and(|n| n <= BODY_BUFFER_LIMIT) {
+    } else if let Some(length) = length.filter(|n| *n <= buffered) {
+        let wait = limits.body_wait_secs;
+        let Some(share) = proxy.bodies.take(length, Limits::secs(wait)).await else {
+            let reason = format!(
+                "limits.body_memory_mib: the {} MiB for request bodies had no room for this one ({length} bytes) within {wait} s (limits.body_wait_secs); try again later",
+                limits.body_memory_mib
+            );
+            return Err(refuse(
+                event,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &name,
+                reason,
+            ));
+        };
         let incoming = Stall::new(incoming, stall, Silent::RequestBody);
-        let data = match incoming.collect().await {
-            Ok(collected) => collected.to_bytes(),
+        let data = match body::read_whole(incoming, length).await {
+            Ok(data) => data,
             Err(e) => {
                 let (status, reason) = match TimedOut::find(&e) {
                     Some(timed_out) => (StatusCode::REQUEST_TIMEOUT, timed_out.0.clone()),
@@ -333,7 +350,7 @@ async fn forward(
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-        body::full(out)
+        Held::new(out, share).boxed_unsync()
     } else {
         parts.headers.remove(header::CONTENT_LENGTH);
         let scan = Substitute {
