@@ -3,9 +3,14 @@
 //! the budget before a byte of it is read and gives it back when the body has gone upstream
 //! (or was refused); a body that finds no room waits up to `limits.body_wait_secs`, and is
 //! then refused without anything sent.
+//!
+//! Memory given back: freed memory mostly stays in the C allocator's arenas (one per proxy
+//! thread), so after a flood the process would keep its peak size. [`trim_when_quiet`] hands
+//! it back to the system once the proxy has been quiet for a moment after giving back much.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,10 +23,22 @@ use super::body::BoxError;
 pub struct Budget {
     room: Arc<Semaphore>,
     bytes: u64,
+    /// Bytes given back so far.
+    returned: Arc<AtomicU64>,
 }
 
 /// Part of the budget, given back when dropped.
-pub struct Share(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Share {
+    permit: OwnedSemaphorePermit,
+    returned: Arc<AtomicU64>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.returned
+            .fetch_add(self.permit.num_permits() as u64, Ordering::Relaxed);
+    }
+}
 
 impl Budget {
     pub fn new(mib: u64) -> Budget {
@@ -31,6 +48,7 @@ impl Budget {
         Budget {
             room: Arc::new(Semaphore::new(bytes as usize)),
             bytes,
+            returned: Arc::default(),
         }
     }
 
@@ -44,7 +62,10 @@ impl Budget {
     pub async fn take(&self, bytes: u64, wait: Duration) -> Option<Share> {
         let n = u32::try_from(bytes.min(self.bytes)).ok()?;
         match tokio::time::timeout(wait, self.room.clone().acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Some(Share(permit)),
+            Ok(Ok(permit)) => Some(Share {
+                permit,
+                returned: self.returned.clone(),
+            }),
             _ => None,
         }
     }
@@ -54,6 +75,53 @@ impl Budget {
     pub fn free(&self) -> u64 {
         self.room.available_permits() as u64
     }
+
+    /// Bytes given back so far.
+    pub fn returned(&self) -> u64 {
+        self.returned.load(Ordering::Relaxed)
+    }
+}
+
+/// How often [`trim_when_quiet`] looks; after two looks without change the proxy is quiet.
+pub const TRIM_CHECK: Duration = Duration::from_secs(1);
+/// What must have been given back since the last trim: body bytes, or ended connections
+/// (each left some tens of KiB of buffers).
+const TRIM_BYTES: u64 = 8 * 1024 * 1024;
+const TRIM_CONNECTIONS: u64 = 64;
+
+/// Watches what the proxy gives back (`given`: body bytes and ended connections, read from the
+/// proxy while it lives) and returns freed memory to the system (`trim`) when, after at least
+/// [`TRIM_BYTES`] or [`TRIM_CONNECTIONS`], nothing more has been given back for
+/// two looks `check` apart: once per flood, never during steady traffic. Ends when `given`
+/// does (`None`: the proxy is gone).
+pub fn trim_when_quiet(
+    check: Duration,
+    mut given: impl FnMut() -> Option<(u64, u64)> + Send + 'static,
+    trim: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("netcage-trim".into())
+        .spawn(move || {
+            let Some(mut trimmed) = given() else { return };
+            let mut last = trimmed;
+            let mut quiet = 0;
+            loop {
+                std::thread::sleep(check);
+                let Some(now) = given() else { return };
+                if now != last {
+                    last = now;
+                    quiet = 0;
+                    continue;
+                }
+                quiet += 1;
+                let much = now.0 - trimmed.0 >= TRIM_BYTES || now.1 - trimmed.1 >= TRIM_CONNECTIONS;
+                if much && quiet >= 2 {
+                    trim();
+                    trimmed = now;
+                }
+            }
+        })
+        .map(drop)
 }
 
 /// A body read whole, holding its share of the budget until it has been sent (dropped).
@@ -113,6 +181,7 @@ mod tests {
                 let budget = Budget {
                     room,
                     bytes: 1024 * 1024,
+                    returned: Arc::default(),
                 };
                 budget.take(mib / 4, Duration::from_secs(3)).await.is_some()
             }
@@ -122,5 +191,38 @@ mod tests {
         assert!(waiter.await.unwrap());
         drop(b);
         assert_eq!(budget.free(), mib);
+        assert_eq!(budget.returned(), mib / 2 + mib / 2);
+    }
+
+    #[test]
+    fn memory_is_trimmed_once_after_much_was_given_back_and_all_is_quiet() {
+        use std::sync::atomic::AtomicUsize;
+        let given = Arc::new(std::sync::Mutex::new(Some((0u64, 0u64))));
+        let trims = Arc::new(AtomicUsize::new(0));
+        let (g, t) = (given.clone(), trims.clone());
+        let check = Duration::from_millis(50);
+        trim_when_quiet(
+            check,
+            move || *g.lock().unwrap(),
+            move || {
+                t.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+        let set = |v| *given.lock().unwrap() = v;
+        // A little given back: no trim.
+        set(Some((1024, 3)));
+        std::thread::sleep(check * 6);
+        assert_eq!(trims.load(Ordering::SeqCst), 0);
+        // A flood's worth, still going on (a change at every look): none yet.
+        for i in 1..=18u64 {
+            set(Some((1024 + i * TRIM_BYTES, 3)));
+            std::thread::sleep(check / 3);
+        }
+        assert_eq!(trims.load(Ordering::SeqCst), 0);
+        // Quiet: one trim, and no more while nothing changes.
+        std::thread::sleep(check * 10);
+        assert_eq!(trims.load(Ordering::SeqCst), 1);
+        set(None);
     }
 }

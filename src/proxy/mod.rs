@@ -107,6 +107,14 @@ impl Proxy {
             attribution: OnceLock::new(),
             workers,
         });
+        let weak = Arc::downgrade(&proxy);
+        let given = move || {
+            let proxy = weak.upgrade()?;
+            Some((proxy.bodies.returned(), proxy.workers.ended()))
+        };
+        let trim = crate::sandbox::process::trim_heap;
+        budget::trim_when_quiet(budget::TRIM_CHECK, given, trim)
+            .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         Ok(proxy)
     }
 
