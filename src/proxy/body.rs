@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 use super::decide::Decider;
+use super::timeouts::TimedOut;
 use crate::audit::{AuditLog, Event};
 use crate::scan::{BodyScanner, Leak, LeakScanner, Redactor};
 
@@ -42,6 +43,35 @@ pub struct BodyBlocked;
 #[derive(Debug, thiserror::Error)]
 #[error("the body ended early at its source: {0}")]
 pub struct SourceFailed(#[source] pub BoxError);
+
+/// Reads a body of `length` bytes (its `Content-Length`) whole, into one buffer of that size:
+/// a body that arrives in one frame is kept as it is; otherwise each frame is copied in and
+/// freed at once, so a body never takes twice its size.
+pub async fn read_whole<B>(mut body: B, length: u64) -> Result<Bytes, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut single: Option<Bytes> = None;
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if single.is_none() && whole.is_empty() {
+            single = Some(data);
+            continue;
+        }
+        if let Some(first) = single.take() {
+            whole.reserve(usize::try_from(length).unwrap_or(0).max(first.len()));
+            whole.extend_from_slice(&first);
+        }
+        whole.extend_from_slice(&data);
+    }
+    Ok(single.unwrap_or_else(|| whole.freeze()))
+}
 
 /// A transformation applied to the data frames of a body.
 pub trait Transform: Send + 'static {
@@ -254,21 +284,31 @@ impl<B> Drop for Audited<B> {
 
 impl<B> Body for Audited<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(Ok(frame)), Some(event)) = (&frame, &mut this.event)
-            && let Some(data) = frame.data_ref()
-        {
-            event.bytes_down += data.len() as u64;
+        match (&frame, &mut this.event) {
+            (Some(Ok(frame)), Some(event)) => {
+                if let Some(data) = frame.data_ref() {
+                    event.bytes_down += data.len() as u64;
+                }
+            }
+            // The response was cut because the upstream went silent: the line says so.
+            (Some(Err(e)), Some(event)) => {
+                if let Some(timed_out) = TimedOut::find(&**e) {
+                    event.decision = "error";
+                    event.reason = Some(timed_out.0.clone());
+                }
+            }
+            _ => {}
         }
         Poll::Ready(frame)
     }

@@ -9,11 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::io::Prefixed;
-use super::{ConnInfo, Proto, Proxy, tunnel};
+use super::{ConnInfo, Proto, Proxy, timeouts, tunnel};
 use crate::audit::Event;
-
-const MAX_HEAD: usize = 16 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::policy::Limits;
 
 /// Accepts connections until the listener fails for good.
 pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -73,19 +71,6 @@ async fn reply(stream: &mut TcpStream, status: &str, reason: &str) {
 }
 
 async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let head = loop {
-        if let Some(head) = parse_head(&buf) {
-            break head;
-        }
-        if buf.len() >= MAX_HEAD {
-            break Head::Bad("request head larger than 16 KiB".into());
-        }
-        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
-    };
     let exec = proxy.exec_of(client, Proto::Tcp);
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
@@ -94,6 +79,30 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
         event.host = host;
         event.reason = Some(reason);
         proxy.cfg.audit.log(event);
+    };
+    // The head (CONNECT or a forward-proxy request), from the connection's start.
+    let limits = &proxy.cfg.policy.limits;
+    let deadline = tokio::time::Instant::now() + Limits::secs(limits.request_head_secs);
+    let max_head = limits.max_header_bytes as usize;
+    let mut buf = BytesMut::with_capacity(4096);
+    let head = loop {
+        if let Some(head) = parse_head(&buf) {
+            break head;
+        }
+        if buf.len() >= max_head {
+            break Head::Bad(format!(
+                "request head larger than {max_head} bytes (limits.max_header_bytes)"
+            ));
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => {
+                let what = "the request head was not complete after";
+                let reason = timeouts::reason("request_head_secs", what, limits.request_head_secs);
+                return log("block", None, reason);
+            }
+        }
     };
     match head {
         Head::Bad(reason) => {
@@ -142,7 +151,8 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
                 sni: None,
                 tls: false,
             };
-            tunnel::serve_http(proxy, Prefixed::new(buf.freeze(), stream), conn).await;
+            let h2 = buf.starts_with(b"PRI ");
+            tunnel::serve_http(proxy, Prefixed::new(buf.freeze(), stream), conn, h2).await;
         }
     }
 }

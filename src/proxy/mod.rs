@@ -10,6 +10,8 @@
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
+//! budget.rs    the memory budget shared by every request body read whole
+//! timeouts.rs  `[limits]` timeouts: request head, idle keep-alive, stalled bodies, raw relays
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
 //! io.rs        a stream with bytes already read put back in front
@@ -17,6 +19,7 @@
 //! ```
 
 mod body;
+mod budget;
 mod decide;
 pub mod dns;
 mod explicit;
@@ -24,6 +27,7 @@ mod guard;
 mod io;
 mod respond;
 mod service;
+mod timeouts;
 mod tls;
 mod transparent;
 mod tunnel;
@@ -66,6 +70,8 @@ pub struct Proxy {
     pub(crate) upstream: upstream::Upstream,
     pub(crate) tls: tls::Interceptor,
     pub(crate) guard: guard::Guard,
+    /// Request bodies read whole share this (`limits.body_memory_mib`).
+    pub(crate) bodies: budget::Budget,
     attribution: OnceLock<Attribution>,
     workers: workers::Workers,
 }
@@ -91,14 +97,25 @@ impl Proxy {
             .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
-        Ok(Arc::new(Proxy {
+        let bodies = budget::Budget::new(cfg.policy.limits.body_memory_mib);
+        let proxy = Arc::new(Proxy {
             cfg,
             upstream,
             tls,
             guard,
+            bodies,
             attribution: OnceLock::new(),
             workers,
-        }))
+        });
+        let weak = Arc::downgrade(&proxy);
+        let given = move || {
+            let proxy = weak.upgrade()?;
+            Some((proxy.bodies.returned(), proxy.workers.ended()))
+        };
+        let trim = crate::sandbox::process::trim_heap;
+        budget::trim_when_quiet(budget::TRIM_CHECK, given, trim)
+            .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
+        Ok(proxy)
     }
 
     /// Ends every connection (each writes its audit line) and stops the proxy's threads;

@@ -1,5 +1,6 @@
 //! Errors become HTTP responses here, and only here: 403 policy, 421 misdirected, 400 bad
-//! request, 502 upstream failure, 504 upstream timeout. Bodies are one JSON object.
+//! request, 408 a request body that stopped, 502 upstream failure, 503 no room for a body,
+//! 504 upstream timeout. Bodies are one JSON object.
 
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
@@ -53,6 +54,9 @@ pub fn upstream_failure(
     let mut reason = None;
     while let Some(e) = cur {
         if e.is::<super::body::SourceFailed>() {
+            if let Some(timed_out) = super::timeouts::TimedOut::find(e) {
+                return (StatusCode::REQUEST_TIMEOUT, timed_out.0.clone());
+            }
             return (
                 StatusCode::BAD_REQUEST,
                 "the client's request body ended before it was complete (the client went away?)"

@@ -17,16 +17,20 @@ use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
 
 use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
+use super::budget::Held;
 use super::decide::Decider;
+use super::timeouts::{self, Silent, Stall, TimedOut};
 use super::{ConnInfo, Proxy, guard, respond};
 use crate::audit::Event;
+use crate::hosts;
+use crate::policy::{self, Limits};
 use crate::scan::{self, BodyScanner, LeakSet, RedactSet};
-use crate::{hosts, policy};
 
-/// Request bodies with a `Content-Length` up to this size are read whole before anything goes
-/// upstream, so a blocked token stops the request before a byte leaves and `Content-Length`
-/// stays exact after substitution. Larger bodies, and bodies without a length, are streamed
-/// through the scanner and sent without `Content-Length` (chunked on HTTP/1.1).
+/// Request bodies with a `Content-Length` up to this size (and the memory budget,
+/// `limits.body_memory_mib`) are read whole before anything goes upstream, so a blocked token
+/// stops the request before a byte leaves and `Content-Length` stays exact after substitution.
+/// Larger bodies, and bodies without a length, are streamed through the scanner and sent
+/// without `Content-Length` (chunked on HTTP/1.1).
 pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
 
 /// Values substituted on one client connection; responses on it must not show them.
@@ -276,24 +280,51 @@ async fn forward(
         ));
     }
 
-    // 5. The body: read whole when small and sized, else streamed; the leak guard first.
+    // 5. The body: read whole when small and sized, within the memory budget, else streamed;
+    //    the leak guard first.
+    let limits = &proxy.cfg.policy.limits;
+    let stall = Limits::secs(limits.body_stall_secs);
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let bytes_up = Arc::new(AtomicU64::new(0));
     let length = incoming.size_hint().exact();
+    let buffered = BODY_BUFFER_LIMIT.min(proxy.bodies.bytes());
     let upstream_body = if incoming.is_end_stream() {
         body::empty()
-    } else if length.is_some_and(|n| n <= BODY_BUFFER_LIMIT) {
-        let data = match incoming.collect().await {
-            Ok(collected) => collected.to_bytes(),
+    } else if let Some(length) = length.filter(|n| *n <= buffered) {
+        let wait = limits.body_wait_secs;
+        let Some(share) = proxy.bodies.take(length, Limits::secs(wait)).await else {
+            let reason = format!(
+                "limits.body_memory_mib: the {} MiB for request bodies had no room for this one ({length} bytes) within {wait} s (limits.body_wait_secs); try again later",
+                limits.body_memory_mib
+            );
+            return Err(refuse(
+                event,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &name,
+                reason,
+            ));
+        };
+        let incoming = Stall::new(incoming, stall, Silent::RequestBody);
+        let data = match body::read_whole(incoming, length).await {
+            Ok(data) => data,
             Err(e) => {
-                return Err(refuse(
-                    event,
-                    StatusCode::BAD_REQUEST,
-                    &name,
-                    format!("the client's request body ended early: {e}"),
-                ));
+                let (status, reason) = match TimedOut::find(&e) {
+                    Some(timed_out) => (StatusCode::REQUEST_TIMEOUT, timed_out.0.clone()),
+                    None => (
+                        StatusCode::BAD_REQUEST,
+                        format!("the client's request body ended early: {e}"),
+                    ),
+                };
+                let mut resp = refuse(event, status, &name, reason);
+                if parts.version != Version::HTTP_2 {
+                    // The rest of the body is not read: this connection cannot carry another
+                    // request.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return Err(resp);
             }
         };
         bytes_up.store(data.len() as u64, Ordering::Relaxed);
@@ -319,7 +350,7 @@ async fn forward(
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-        body::full(out)
+        Held::new(out, share).boxed_unsync()
     } else {
         parts.headers.remove(header::CONTENT_LENGTH);
         let scan = Substitute {
@@ -327,6 +358,7 @@ async fn forward(
             scanner: BodyScanner::new(),
             decider: decider.clone(),
         };
+        let incoming = Stall::new(incoming, stall, Silent::RequestBody);
         Transformed::new(incoming, scan, bytes_up.clone()).boxed_unsync()
     };
 
@@ -393,20 +425,39 @@ async fn forward(
     } else {
         proxy.upstream.any()
     };
-    let mut resp = match client.request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let upstream_idle = Limits::secs(limits.upstream_idle_secs);
+    let answer = timeouts::answer(client.request(upstream_req), &bytes_up, upstream_idle).await;
+    let mut resp = match answer {
+        Some(Ok(resp)) => resp,
+        None => {
+            let reason = timeouts::reason(
+                "upstream_idle_secs",
+                &format!("{authority} sent no response for"),
+                limits.upstream_idle_secs,
+            );
+            event.bytes_up = bytes_up.load(Ordering::Relaxed);
+            event.decision = "error";
+            event.reason = Some(reason.clone());
+            return Err(respond::refused(
+                StatusCode::GATEWAY_TIMEOUT,
+                &name,
+                &reason,
+            ));
+        }
+        Some(Err(e)) => {
             if let Some(block) = decider.blocked() {
                 return Err(blocked(event, &decider, &block));
             }
             let (status, reason) = respond::upstream_failure(&e, &authority);
             event.bytes_up = bytes_up.load(Ordering::Relaxed);
-            // 403: the name led to this machine or a metadata address, refused unconnected.
-            event.decision = if status == StatusCode::FORBIDDEN {
-                "block"
-            } else {
-                "error"
-            };
+            // 403: the name led to this machine or a metadata address, refused unconnected;
+            // 408: the client's streamed body stopped (`limits.body_stall_secs`).
+            event.decision =
+                if status == StatusCode::FORBIDDEN || status == StatusCode::REQUEST_TIMEOUT {
+                    "block"
+                } else {
+                    "error"
+                };
             event.reason = Some(reason.clone());
             event.tokens = decider
                 .record
@@ -445,6 +496,7 @@ async fn forward(
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     }
     let (mut parts, incoming) = resp.into_parts();
+    let incoming = Stall::new(incoming, upstream_idle, Silent::Upstream);
     strip_hop_by_hop(&mut parts.headers, false);
     let body = match redactor {
         Some(redactor) => {

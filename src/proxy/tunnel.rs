@@ -2,22 +2,22 @@
 //! TLS is intercepted, plain HTTP is served, and anything else is relayed as raw bytes only when
 //! the policy lists its `host:port`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::io::Prefixed;
 use super::service::{self, ReflectSet};
+use super::timeouts::{self, Activity, Expiry, Tracked, Watched};
 use super::{ConnInfo, Proxy};
 use crate::audit::Event;
-
-/// How long a client may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::policy::Limits;
 
 const HTTP_METHODS: &[&[u8]] = &[
     b"GET ",
@@ -57,32 +57,50 @@ where
         relay_raw(&proxy, io, &conn, &host, started).await;
         return;
     }
-    let mut first = vec![0u8; 8];
-    let n = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, io.read(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => n,
-        _ => return,
+    // From the connection's first byte to a finished TLS handshake (and, as the protocol is
+    // not known yet, for the first byte too): `limits.tls_handshake_secs`.
+    let handshake = proxy.cfg.policy.limits.tls_handshake_secs;
+    let timed_out = |what: &str| {
+        let reason = timeouts::reason("tls_handshake_secs", what, handshake);
+        proxy
+            .cfg
+            .audit
+            .log(connection_event(&conn, "block", reason));
     };
+    let mut first = vec![0u8; 8];
+    let n = match tokio::time::timeout(Limits::secs(handshake), io.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        Ok(_) => return,
+        Err(_) => return timed_out("the client sent nothing for"),
+    };
+    let first_byte = tokio::time::Instant::now();
     first.truncate(n);
     let is_tls = first[0] == 0x16;
     let is_http = HTTP_METHODS
         .iter()
         .any(|m| m.starts_with(&first) || first.starts_with(m));
+    let prior_knowledge_h2 = first.starts_with(b"PRI ");
     let io = Prefixed::new(Bytes::from(first), io);
     if is_tls {
         let fallback = conn.target_host.clone();
-        match proxy.tls.accept(io, fallback.as_deref()).await {
-            Ok((tls, sni)) => {
+        let deadline = first_byte + Limits::secs(handshake);
+        let accepted =
+            tokio::time::timeout_at(deadline, proxy.tls.accept(io, fallback.as_deref())).await;
+        match accepted {
+            Ok(Ok((tls, sni))) => {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 conn.sni = sni;
                 conn.tls = true;
-                serve_http(proxy, tls, conn).await;
+                serve_http(proxy, tls, conn, h2).await;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 let event = connection_event(&conn, "error", e.to_string());
                 proxy.cfg.audit.log(event);
             }
+            Err(_) => timed_out("the TLS handshake was not finished after"),
         }
     } else if is_http {
-        serve_http(proxy, io, conn).await;
+        serve_http(proxy, io, conn, prior_knowledge_h2).await;
     } else {
         let target = conn.target_host.as_deref().unwrap_or("?");
         let reason = format!(
@@ -96,28 +114,96 @@ where
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (by preface) on an intercepted or plain connection.
-pub async fn serve_http<IO>(proxy: Arc<Proxy>, io: IO, conn: ConnInfo)
+/// Runs a connection until it ends (`None`) or its [`Activity`] expires (`Some`). An idle
+/// connection is shut down gracefully (HTTP/2: GOAWAY) for at most a second; one stuck in a
+/// head is dropped. (A macro, not a generic function: rustc cannot show that such a function's
+/// future over a hyper connection is `Send`.)
+macro_rules! until_expired {
+    ($connection:expr, $expired:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        tokio::select! {
+            _ = connection.as_mut() => None,
+            expiry = $expired => {
+                if expiry == Expiry::Idle {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+                Some(expiry)
+            }
+        }
+    }};
+}
+
+/// Serves HTTP/1.1, or HTTP/2 when `h2` (ALPN `h2`, or the prior-knowledge preface), until
+/// the client closes or a limit closes it: a request head that takes longer than
+/// `limits.request_head_secs`, or nothing in flight for `limits.idle_secs` (then the one
+/// audit line says which). HTTP/2 also pings an idle client (a dead one is dropped), bounds
+/// concurrent streams (`limits.h2_max_streams`) and, as HTTP/1.1 does for the head, the header
+/// list (`limits.max_header_bytes`).
+pub async fn serve_http<IO>(proxy: Arc<Proxy>, io: IO, conn: ConnInfo, h2: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = proxy.cfg.policy.limits.clone();
+    let (head, idle) = (
+        Limits::secs(limits.request_head_secs),
+        Limits::secs(limits.idle_secs),
+    );
+    let activity = Activity::new(h2);
     let conn = Arc::new(conn);
-    let reflect = ReflectSet::default();
-    let svc =
-        service_fn(move |req| service::handle(proxy.clone(), conn.clone(), reflect.clone(), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let _ = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+    let svc = {
+        let (proxy, conn, activity) = (proxy.clone(), conn.clone(), activity.clone());
+        let reflect = ReflectSet::default();
+        service_fn(move |req| {
+            let in_flight = activity.begin();
+            let response = service::handle(proxy.clone(), conn.clone(), reflect.clone(), req);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
+        })
+    };
+    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    let expired = if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(idle)
+            .keep_alive_timeout(idle.min(Duration::from_secs(20)))
+            .max_concurrent_streams(limits.h2_max_streams)
+            .max_header_list_size(limits.max_header_bytes);
+        let connection = builder.serve_connection(io, svc);
+        until_expired!(connection, activity.expired(head, idle))
+    } else {
+        let mut builder = http1::Builder::new();
+        let max_head = limits.max_header_bytes as usize;
+        builder.max_header_size(max_head);
+        if max_head > H1_BUFFER {
+            builder.max_buf_size(max_head + 8192);
+        }
+        let connection = builder.serve_connection(io, svc).with_upgrades();
+        until_expired!(connection, activity.expired(head, idle))
+    };
+    let reason = match expired {
+        None => return,
+        Some(Expiry::Head) => timeouts::reason(
+            "request_head_secs",
+            "the request head was not complete after",
+            limits.request_head_secs,
+        ),
+        Some(Expiry::Idle) => timeouts::reason("idle_secs", "idle for", limits.idle_secs),
+    };
+    proxy
+        .cfg
+        .audit
+        .log(connection_event(&conn, "block", reason));
 }
 
-async fn relay_raw<IO>(
-    proxy: &Arc<Proxy>,
-    mut io: IO,
-    conn: &ConnInfo,
-    host: &str,
-    started: Instant,
-) where
+/// hyper's HTTP/1.1 read buffer (its default `max_buf_size`): a larger head limit raises it.
+const H1_BUFFER: usize = 8192 + 4096 * 100;
+
+async fn relay_raw<IO>(proxy: &Arc<Proxy>, io: IO, conn: &ConnInfo, host: &str, started: Instant)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut event = connection_event(
@@ -133,10 +219,14 @@ async fn relay_raw<IO>(
         .await
         .unwrap_or_default();
     match tokio::net::TcpStream::connect(&addrs[..]).await {
-        Ok(mut upstream) => {
-            if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-                event.bytes_up = up;
-                event.bytes_down = down;
+        Ok(upstream) => {
+            let idle = proxy.cfg.policy.limits.idle_secs;
+            let relayed = timeouts::relay(io, upstream, Limits::secs(idle)).await;
+            event.bytes_up = relayed.up;
+            event.bytes_down = relayed.down;
+            if relayed.idle {
+                event.decision = "block";
+                event.reason = Some(timeouts::reason("idle_secs", "idle for", idle));
             }
         }
         Err(e) => {

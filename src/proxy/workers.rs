@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
@@ -26,6 +26,8 @@ pub fn current() -> Option<usize> {
 
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Connections ended so far (on every worker).
+    ended: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -36,12 +38,13 @@ struct Worker {
     load: Arc<AtomicUsize>,
 }
 
-/// Decrements a worker's load when its connection ends, however it ends.
-struct Served(Arc<AtomicUsize>);
+/// Decrements a worker's load when its connection ends, however it ends, and counts it.
+struct Served(Arc<AtomicUsize>, Arc<AtomicU64>);
 
 impl Drop for Served {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -87,6 +90,7 @@ impl Workers {
         }
         Ok(Workers {
             workers,
+            ended: Arc::default(),
             stop,
             threads: Mutex::new(threads),
         })
@@ -94,6 +98,11 @@ impl Workers {
 
     pub fn len(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Connections ended so far.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Runs one connection on the least busy worker. `conn` is built there, so sockets it
@@ -109,7 +118,7 @@ impl Workers {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .expect("at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let served = Served(worker.load.clone());
+        let served = Served(worker.load.clone(), self.ended.clone());
         worker.handle.spawn(async move {
             let _served = served;
             conn().await

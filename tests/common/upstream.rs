@@ -8,7 +8,9 @@
 //! | target | response |
 //! |---|---|
 //! | anything else | 200, JSON echo of the request: method, target, version, headers, body_len, body (first 64 KiB, lossy) |
-//! | `/sse` | `text/event-stream`: [`SSE_EVENTS`] events, 50 ms apart, then the end |
+//! | `/sse[?events=N&ms=M]` | `text/event-stream`: N events (default [`SSE_EVENTS`]), M ms apart (default 50), then the end |
+//! | `/silent` | 200, the line `start`, then nothing more until the client goes away |
+//! | `/sleep?ms=N` | the echo, after N ms without a word |
 //! | `/big?bytes=N[&chunked=1]` | N bytes of [`pattern`], streamed (with `Content-Length` unless `chunked=1`) |
 //! | `/ws` | WebSocket echo (HTTP/1.1 Upgrade): text, binary and continuation frames come back as sent; ping gets pong; close gets close |
 //! | `/trailers` | a short body then the trailer `grpc-status: 0` (HTTP/2; HTTP/1.1 only with `TE: trailers`) |
@@ -360,6 +362,12 @@ async fn handle(
     let Some(recorded) = record(&parts, body, &state, sni).await else {
         return Ok(text(StatusCode::BAD_REQUEST, "request body incomplete\n"));
     };
+    let (path, query) = split_target(&recorded.target);
+    if path == "/sleep"
+        && let Some(ms) = query_param(query, "ms").and_then(|n| n.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     Ok(route(&recorded, upgrade, &state))
 }
 
@@ -422,7 +430,8 @@ impl Drop for BodyRecorder {
 fn route(rec: &Recorded, upgrade: Option<OnUpgrade>, state: &Arc<State>) -> Response<RespBody> {
     let (path, query) = split_target(&rec.target);
     match path {
-        "/sse" => sse(),
+        "/sse" => sse(query),
+        "/silent" => silent(),
         "/big" => big(query),
         "/ws" => websocket(rec, upgrade, state),
         "/trailers" => trailers(),
@@ -462,13 +471,19 @@ fn echo(rec: &Recorded) -> Response<RespBody> {
     response(StatusCode::OK, "application/json", full(body.to_string()))
 }
 
-/// `text/event-stream`: [`SSE_EVENTS`] events, [`SSE_INTERVAL`] apart.
-fn sse() -> Response<RespBody> {
+/// `text/event-stream`: `events` events ([`SSE_EVENTS`]), `ms` apart ([`SSE_INTERVAL`]).
+fn sse(query: &str) -> Response<RespBody> {
+    let events = query_param(query, "events")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(SSE_EVENTS);
+    let interval = query_param(query, "ms")
+        .and_then(|n| n.parse().ok())
+        .map_or(SSE_INTERVAL, Duration::from_millis);
     let (tx, body) = channel_body();
     tokio::spawn(async move {
-        for n in 1..=SSE_EVENTS {
+        for n in 1..=events {
             if n > 1 {
-                tokio::time::sleep(SSE_INTERVAL).await;
+                tokio::time::sleep(interval).await;
             }
             let event = format!("id: {n}\nevent: tick\ndata: {{\"n\":{n}}}\n\n");
             if tx.send(Frame::data(event.into())).await.is_err() {
@@ -480,6 +495,21 @@ fn sse() -> Response<RespBody> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// 200 and one line, then silence: the body stays open until the client goes away.
+fn silent() -> Response<RespBody> {
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        if tx
+            .send(Frame::data(Bytes::from_static(b"start\n")))
+            .await
+            .is_ok()
+        {
+            tx.closed().await;
+        }
+    });
+    response(StatusCode::OK, "text/plain", body)
 }
 
 /// `bytes` bytes of [`pattern`], streamed in 64 KiB frames.
