@@ -489,10 +489,14 @@ impl Started {
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
         proxy.set_attribution(Arc::new(move |peer, proto| {
-            attribution.exec_of(peer, proto)
+            Box::pin(attribution.exec_of(peer, proto))
         }));
         let mut tasks = Vec::new();
         let names = Arc::new(SyntheticNames::default());
+        let resolver = Arc::new(dns::Resolver::new(
+            names.clone(),
+            proxy.cfg.policy.limits.dns_queries_per_sec,
+        ));
         let sockets = launched.sockets;
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
@@ -509,7 +513,7 @@ impl Started {
             let s = tokio::net::UdpSocket::from_std(s).map_err(io)?;
             tasks.push(tokio::spawn(dns::serve_udp(
                 proxy.clone(),
-                names.clone(),
+                resolver.clone(),
                 s,
             )));
         }
@@ -518,7 +522,7 @@ impl Started {
             let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
             tasks.push(tokio::spawn(dns::serve_tcp(
                 proxy.clone(),
-                names.clone(),
+                resolver.clone(),
                 l,
             )));
         }

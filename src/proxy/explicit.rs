@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::io::Prefixed;
-use super::{ConnInfo, Proto, Proxy, tunnel};
+use super::{ConnInfo, Proxy, budget, tunnel};
 use crate::audit::Event;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -73,6 +73,9 @@ async fn reply(stream: &mut TcpStream, status: &str, reason: &str) {
 }
 
 async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr) {
+    let Some(admitted) = budget::admit(&proxy, &stream, client).await else {
+        return;
+    };
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
         if let Some(head) = parse_head(&buf) {
@@ -86,7 +89,7 @@ async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAdd
             _ => return,
         }
     };
-    let exec = proxy.exec_of(client, Proto::Tcp);
+    let exec = admitted.exec.clone();
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
         event.exec = exec.clone();

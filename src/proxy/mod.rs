@@ -5,6 +5,7 @@
 //! dns.rs       the sandbox's resolver: synthetic addresses, NXDOMAIN for denied names
 //! explicit.rs  accept loop for HTTP forward-proxy requests and CONNECT (Tier 0)
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
+//! budget.rs    what one command may take: connections per exec, the DNS query rate
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
 //! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
@@ -17,6 +18,7 @@
 //! ```
 
 mod body;
+mod budget;
 mod decide;
 pub mod dns;
 mod explicit;
@@ -31,7 +33,9 @@ mod upstream;
 mod workers;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::CertificateDer;
@@ -67,12 +71,18 @@ pub struct Proxy {
     pub(crate) tls: tls::Interceptor,
     pub(crate) guard: guard::Guard,
     attribution: OnceLock<Attribution>,
+    /// Open connections per exec (`[limits] connections_per_exec`).
+    pub(crate) connections: Arc<budget::Connections>,
     workers: workers::Workers,
 }
 
 /// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
-/// address the proxy saw.
-pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> Option<String> + Send + Sync>;
+/// address the proxy saw. The answer may take a look into the sandbox's /proc, so it comes
+/// as a future.
+pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> ExecLookup + Send + Sync>;
+
+/// The exec an [`Attribution`] names, once known.
+pub type ExecLookup = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 pub use crate::sandbox::owner::Proto;
 
@@ -91,12 +101,14 @@ impl Proxy {
             .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
+        let connections = budget::Connections::new(cfg.policy.limits.connections_per_exec);
         Ok(Arc::new(Proxy {
             cfg,
             upstream,
             tls,
             guard,
             attribution: OnceLock::new(),
+            connections,
             workers,
         }))
     }
@@ -132,8 +144,16 @@ impl Proxy {
     }
 
     /// The exec a peer belongs to, if attribution is set up.
-    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
-        self.attribution.get().and_then(|f| f(peer, proto))
+    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> ExecLookup {
+        match self.attribution.get() {
+            Some(f) => f(peer, proto),
+            None => Box::pin(std::future::ready(None)),
+        }
+    }
+
+    /// Whether connections are attributed to execs (and so capped per exec).
+    pub(crate) fn attributes(&self) -> bool {
+        self.attribution.get().is_some()
     }
 }
 

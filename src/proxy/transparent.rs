@@ -10,7 +10,7 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dns::SyntheticNames;
-use super::{ConnInfo, Proto, Proxy, tunnel};
+use super::{ConnInfo, Proxy, budget, tunnel};
 use crate::audit::Event;
 
 /// Accepts redirected connections until the listener fails for good.
@@ -50,7 +50,10 @@ async fn handle(
     stream: TcpStream,
     client: SocketAddr,
 ) {
-    let exec = proxy.exec_of(client, Proto::Tcp);
+    let Some(admitted) = budget::admit(&proxy, &stream, client).await else {
+        return;
+    };
+    let exec = admitted.exec.clone();
     let Some(dst) = original_dst(&stream) else {
         let conn = ConnInfo {
             client,
@@ -63,7 +66,9 @@ async fn handle(
         tunnel::handle(proxy, stream, conn).await;
         return;
     };
-    let target_host = match names.name_of(dst.ip()) {
+    // While the connection is open, its name keeps its synthetic address.
+    let held = names.hold(dst.ip());
+    let target_host = match held.as_ref().map(|h| h.name.clone()) {
         Some(name) => name,
         None if SyntheticNames::is_synthetic(dst.ip()) => {
             let mut event = Event::new("connection", "block");
