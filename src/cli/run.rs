@@ -28,6 +28,7 @@ const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy;
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    super::raise_nofile_limit();
     let resolved = resolve(&args.key, &args.policy)?;
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
