@@ -88,10 +88,39 @@ impl Event {
     }
 }
 
+/// The time now as audit lines carry it: RFC 3339, UTC, as many fraction digits as needed.
+/// Every event takes one: the date and time of day are formatted once a second.
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    thread_local! {
+        /// The Unix second last formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: std::cell::RefCell<(i64, String)> = const {
+            std::cell::RefCell::new((i64::MIN, String::new()))
+        };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != now.unix_timestamp() {
+            let whole = now
+                .replace_nanosecond(0)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            *second = (now.unix_timestamp(), whole.trim_end_matches('Z').to_owned());
+        }
+        let mut text = String::with_capacity(32);
+        text.push_str(&second.1);
+        if now.nanosecond() != 0 {
+            let fraction = format!("{:09}", now.nanosecond());
+            text.push('.');
+            text.push_str(fraction.trim_end_matches('0'));
+        }
+        text.push('Z');
+        text
+    })
 }
 
 /// Where audit lines go. Events are serialized and written by a thread of their own, so a
@@ -986,5 +1015,19 @@ mod tests {
         log.flush();
         assert!(size(&uncapped) > 100_000);
         assert!(!rotated_path(&uncapped).exists());
+    }
+
+    #[test]
+    fn times_are_rfc3339_as_before() {
+        for _ in 0..1000 {
+            let ours = now_rfc3339();
+            let parsed =
+                time::OffsetDateTime::parse(&ours, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("{ours}: {e}"));
+            let theirs = parsed
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            assert_eq!(ours, theirs);
+        }
     }
 }
