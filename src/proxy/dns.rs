@@ -221,6 +221,77 @@ impl Names {
     }
 }
 
+/// The first question of a query, read without parsing the rest.
+struct Question {
+    /// Lower case, no trailing dot.
+    name: String,
+    /// Every label is letters, digits, `-` or `_` (else the name can have no address).
+    plain: bool,
+    qtype: u16,
+    /// Where the question ends.
+    end: usize,
+}
+
+impl Question {
+    /// The question of a standard query with exactly one; None for anything else (the full
+    /// parser then decides).
+    fn peek(msg: &[u8]) -> Option<Question> {
+        let header = msg.get(..12)?;
+        let flags = u16::from_be_bytes([header[2], header[3]]);
+        let counts = [4, 6, 8, 10].map(|i| u16::from_be_bytes([header[i], header[i + 1]]));
+        // QR = 0 (a query), opcode 0, one question, nothing else.
+        if flags & 0xf800 != 0 || counts != [1, 0, 0, 0] {
+            return None;
+        }
+        let mut at = 12;
+        let mut name = String::new();
+        let mut plain = true;
+        loop {
+            let len = usize::from(*msg.get(at)?);
+            at += 1;
+            if len == 0 {
+                break;
+            }
+            // A compression pointer or an extended label: the full parser's business.
+            if len > 63 || name.len() + len > 253 {
+                return None;
+            }
+            let label = msg.get(at..at + len)?;
+            at += len;
+            if !name.is_empty() {
+                name.push('.');
+            }
+            for &b in label {
+                plain &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+                name.push(char::from(b.to_ascii_lowercase()));
+            }
+        }
+        let fixed = msg.get(at..at + 4)?;
+        Some(Question {
+            name,
+            plain,
+            qtype: u16::from_be_bytes([fixed[0], fixed[1]]),
+            end: at + 4,
+        })
+    }
+
+    /// REFUSED: the header with QR, RA and RCODE 5 (RD kept), then the question as sent.
+    fn refused(&self, query: &[u8]) -> Vec<u8> {
+        let mut reply = query[..self.end].to_vec();
+        reply[2] = 0x80 | (query[2] & 0x01);
+        reply[3] = 0x80 | 5;
+        reply
+    }
+
+    fn over_rate(&self) -> Answered {
+        Answered {
+            name: self.name.clone(),
+            qtype: RecordType::from(self.qtype).to_string(),
+            outcome: Outcome::OverRate,
+        }
+    }
+}
+
 /// The resolver's state: the names and the query rate.
 pub struct Resolver {
     pub names: Arc<SyntheticNames>,
@@ -257,6 +328,13 @@ impl Resolver {
         }
     }
 
+    fn take(&self, now: Instant) -> bool {
+        self.bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(now)
+    }
+
     /// Builds the reply to one DNS message. `allowed` is the egress policy for a name.
     pub fn answer(
         &self,
@@ -272,6 +350,15 @@ impl Resolver {
         allowed: &dyn Fn(&str) -> bool,
         now: Instant,
     ) -> Option<(Vec<u8>, Option<Answered>)> {
+        // Over the rate, a query for a name without an address is refused at the cost of a
+        // copy: a flood must cost the resolver less than it costs the flooder.
+        let question = Question::peek(query);
+        if let Some(q) = &question
+            && !(q.plain && self.names.has(&q.name))
+            && !self.take(now)
+        {
+            return Some((q.refused(query), Some(q.over_rate())));
+        }
         let request = Message::from_vec(query).ok()?;
         if request.metadata.message_type != MessageType::Query {
             return None;
@@ -290,13 +377,7 @@ impl Resolver {
         reply.add_query(q.clone());
         let name = crate::hosts::normalize(&q.name().to_ascii());
         // A name that has its address costs nothing to answer; anything else takes a token.
-        let outcome = if !self.names.has(&name)
-            && !self
-                .bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(now)
-        {
+        let outcome = if question.is_none() && !self.names.has(&name) && !self.take(now) {
             reply.metadata.response_code = ResponseCode::Refused;
             Outcome::OverRate
         } else if !(crate::hosts::validate_pattern(&name).is_ok()
@@ -683,5 +764,28 @@ mod tests {
         let (reply, second) = answer(&dns, "b.test.", RecordType::A, &|_| true, t0);
         assert_eq!(second.outcome, Outcome::PoolFull);
         assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+
+    /// The quick look at a question agrees with the full parser, and whatever it cannot read
+    /// goes to the full parser.
+    #[test]
+    fn the_quick_question_agrees_with_the_parser() {
+        let q = Question::peek(&query("API.Test.", RecordType::AAAA)).unwrap();
+        assert_eq!((q.name.as_str(), q.plain, q.qtype), ("api.test", true, 28));
+        let refused = Message::from_vec(&q.refused(&query("API.Test.", RecordType::AAAA))).unwrap();
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(refused.metadata.message_type, MessageType::Response);
+        assert_eq!(refused.queries[0].name().to_ascii(), "API.Test.");
+        let odd = Question::peek(&query("a_b.x-y.test.", RecordType::A)).unwrap();
+        assert!(odd.plain);
+        let mut binary = query("ab.test.", RecordType::A);
+        binary[13] = 0xff;
+        assert!(!Question::peek(&binary).unwrap().plain);
+        for bad in [&b"\x00\x01"[..], &query("a.test.", RecordType::A)[..20]] {
+            assert!(Question::peek(bad).is_none());
+        }
+        let mut pointer = query("a.test.", RecordType::A);
+        pointer[12] = 0xc0;
+        assert!(Question::peek(&pointer).is_none());
     }
 }
