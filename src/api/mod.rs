@@ -500,6 +500,7 @@ impl Started {
         let sockets = launched.sockets;
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
+            deepen_backlog(&l);
             l.set_nonblocking(true).map_err(io)?;
             let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
             tasks.push(tokio::spawn(serve_transparent(
@@ -518,6 +519,7 @@ impl Started {
             )));
         }
         for l in sockets.dns_tcp {
+            deepen_backlog(&l);
             l.set_nonblocking(true).map_err(io)?;
             let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
             tasks.push(tokio::spawn(dns::serve_tcp(
@@ -592,6 +594,17 @@ fn default_netcage() -> Result<PathBuf, Error> {
             "cannot find the netcage binary that runs the sandbox: install it on the PATH, set NETCAGE=/path/to/netcage, or call netcage_binary()".into(),
         )
     })
+}
+
+/// Connections the kernel holds for a listener until the proxy accepts them (the kernel caps
+/// it at the namespace's `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listener made with std's backlog of 128 gets [`LISTEN_BACKLOG`]: under a burst of
+/// connections (a flood, refused at once past its exec's cap) a full queue drops the SYNs of
+/// every exec, and their clients retry only a second later.
+fn deepen_backlog(listener: &std::net::TcpListener) {
+    let _ = socket2::SockRef::from(listener).listen(LISTEN_BACKLOG);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -6,6 +6,7 @@
 //!   for share one budget of the same size. A connection past the cap is reset at once (it is
 //!   not left waiting) and gets an audit line; a burst of them is aggregated by the audit
 //!   writer (identical refusals, one line per second and a count).
+//!   At most [`AWAITING_EXEC`] accepted connections wait for their exec at once.
 //! - [`TokenBucket`]: `[limits] dns_queries_per_sec`, with a burst of as many.
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Proto, Proxy};
 use crate::audit::Event;
@@ -24,6 +26,32 @@ pub struct Connections {
     cap: u32,
     /// Exec id (None: unattributed) → connections open now. Entries at zero are removed.
     open: Mutex<HashMap<Option<String>, u32>>,
+    /// Connections accepted whose exec is not known yet (see [`ticket`]).
+    unattributed: Arc<Semaphore>,
+}
+
+/// How many accepted connections may wait for their exec at once. Past that the accept loops
+/// wait and the kernel queues new connections: a flood faster than the lookups cannot pile
+/// up descriptors in the proxy before its cap applies.
+pub const AWAITING_EXEC: usize = 1024;
+
+/// A place among the connections waiting for their exec, taken before `accept` and given
+/// back (dropped) once the exec is known.
+pub struct Ticket {
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+/// Waits until fewer than [`AWAITING_EXEC`] accepted connections wait for their exec (at
+/// once when the proxy attributes nothing).
+pub async fn ticket(proxy: &Proxy) -> Ticket {
+    let place = match proxy.attributes() {
+        true => {
+            let waiting = proxy.connections.unattributed.clone();
+            waiting.acquire_owned().await.ok()
+        }
+        false => None,
+    };
+    Ticket { _place: place }
 }
 
 /// One open connection in its exec's budget; gives the place back when dropped.
@@ -37,6 +65,7 @@ impl Connections {
         Arc::new(Connections {
             cap,
             open: Mutex::new(HashMap::new()),
+            unattributed: Arc::new(Semaphore::new(AWAITING_EXEC)),
         })
     }
 
@@ -83,7 +112,12 @@ pub struct Admitted {
 /// connection is refused: reset (SO_LINGER 0) when the caller drops it, so the client sees
 /// it closed at once, and one audit line. A proxy that attributes nothing (`netcage proxy`,
 /// which has no command of its own) caps nothing.
-pub async fn admit(proxy: &Proxy, stream: &TcpStream, client: SocketAddr) -> Option<Admitted> {
+pub async fn admit(
+    proxy: &Proxy,
+    stream: &TcpStream,
+    client: SocketAddr,
+    ticket: Ticket,
+) -> Option<Admitted> {
     if !proxy.attributes() {
         return Some(Admitted {
             exec: None,
@@ -91,6 +125,7 @@ pub async fn admit(proxy: &Proxy, stream: &TcpStream, client: SocketAddr) -> Opt
         });
     }
     let exec = proxy.exec_of(client, Proto::Tcp).await;
+    drop(ticket);
     if let Some(slot) = proxy.connections.take(exec.as_deref()) {
         return Some(Admitted {
             exec,
@@ -99,14 +134,14 @@ pub async fn admit(proxy: &Proxy, stream: &TcpStream, client: SocketAddr) -> Opt
     }
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
     let who = match &exec {
-        Some(exec) => exec.clone(),
-        None => "processes netcage cannot attribute to an exec".to_owned(),
+        Some(exec) => format!("{exec} has"),
+        None => "processes netcage cannot attribute to an exec have".to_owned(),
     };
     let mut event = Event::new("connection", "block");
     event.exec = exec;
     event.client = Some(client.to_string());
     event.reason = Some(format!(
-        "{who} already hold {} connections, the most [limits] connections_per_exec allows: reset",
+        "{who} {} connections open, the most [limits] connections_per_exec allows: reset",
         proxy.connections.cap
     ));
     proxy.cfg.audit.log(event);

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -296,6 +297,8 @@ impl Question {
 pub struct Resolver {
     pub names: Arc<SyntheticNames>,
     bucket: Mutex<TokenBucket>,
+    /// Audit lines waiting for the exec of their query.
+    awaiting_exec: Arc<AtomicUsize>,
 }
 
 /// What one query got.
@@ -325,6 +328,7 @@ impl Resolver {
         Resolver {
             names,
             bucket: Mutex::new(TokenBucket::new(queries_per_sec, Instant::now())),
+            awaiting_exec: Arc::default(),
         }
     }
 
@@ -456,8 +460,12 @@ fn log(proxy: &Proxy, answered: &Answered, exec: Option<String>, peer: Option<So
 
 /// Logs one answered query with the exec that asked, once known; refusals over the rate
 /// are not attributed (that would cost a look into /proc for each).
-fn log_attributed(proxy: &Arc<Proxy>, answered: Answered, peer: SocketAddr) {
-    if answered.outcome == Outcome::OverRate {
+/// Past [`budget::AWAITING_EXEC`] lines waiting for theirs, the exec is left out.
+fn log_attributed(proxy: &Arc<Proxy>, dns: &Resolver, answered: Answered, peer: SocketAddr) {
+    let waiting = dns.awaiting_exec.clone();
+    if answered.outcome == Outcome::OverRate
+        || waiting.load(Ordering::Relaxed) >= budget::AWAITING_EXEC
+    {
         log(proxy, &answered, None, Some(peer));
         return;
     }
@@ -467,8 +475,10 @@ fn log_attributed(proxy: &Arc<Proxy>, answered: Answered, peer: SocketAddr) {
         Poll::Ready(exec) => log(proxy, &answered, exec, Some(peer)),
         Poll::Pending => {
             let proxy = proxy.clone();
+            waiting.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let exec = exec.await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
                 log(&proxy, &answered, exec, Some(peer));
             });
         }
@@ -490,7 +500,7 @@ pub async fn serve_udp(proxy: Arc<Proxy>, dns: Arc<Resolver>, socket: UdpSocket)
         if let Some((reply, answered)) = reply_for(&proxy, &dns, &buf[..n]) {
             let _ = socket.send_to(&reply, peer).await;
             if let Some(answered) = answered {
-                log_attributed(&proxy, answered, peer);
+                log_attributed(&proxy, &dns, answered, peer);
             }
         }
     }
@@ -500,13 +510,14 @@ pub async fn serve_udp(proxy: Arc<Proxy>, dns: Arc<Resolver>, socket: UdpSocket)
 /// connection budget and is closed after `[limits] idle_secs` without a query.
 pub async fn serve_tcp(proxy: Arc<Proxy>, dns: Arc<Resolver>, listener: TcpListener) {
     loop {
+        let ticket = budget::ticket(&proxy).await;
         let Ok((mut stream, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let (proxy, dns) = (proxy.clone(), dns.clone());
         tokio::spawn(async move {
-            let Some(admitted) = budget::admit(&proxy, &stream, client).await else {
+            let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
                 return;
             };
             let idle = crate::policy::Limits::secs(proxy.cfg.policy.limits.idle_secs);

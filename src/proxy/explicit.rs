@@ -18,11 +18,14 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until the listener fails for good.
 pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
+        let ticket = budget::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
                 let served = proxy.clone();
-                proxy.hand_off(stream, move |stream| handle_conn(served, stream, client));
+                proxy.hand_off(stream, move |stream| {
+                    handle_conn(served, stream, client, ticket)
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -72,8 +75,13 @@ async fn reply(stream: &mut TcpStream, status: &str, reason: &str) {
     let _ = stream.shutdown().await;
 }
 
-async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr) {
-    let Some(admitted) = budget::admit(&proxy, &stream, client).await else {
+async fn handle_conn(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    ticket: budget::Ticket,
+) {
+    let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
         return;
     };
     let mut buf = BytesMut::with_capacity(4096);

@@ -20,11 +20,14 @@ pub async fn serve_transparent(
     listener: TcpListener,
 ) {
     loop {
+        let ticket = budget::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
                 let (served, names) = (proxy.clone(), names.clone());
-                proxy.hand_off(stream, move |stream| handle(served, names, stream, client));
+                proxy.hand_off(stream, move |stream| {
+                    handle(served, names, stream, client, ticket)
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -49,8 +52,9 @@ async fn handle(
     names: Arc<SyntheticNames>,
     stream: TcpStream,
     client: SocketAddr,
+    ticket: budget::Ticket,
 ) {
-    let Some(admitted) = budget::admit(&proxy, &stream, client).await else {
+    let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
         return;
     };
     let exec = admitted.exec.clone();

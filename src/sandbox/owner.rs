@@ -6,7 +6,7 @@
 //! and only its processes are searched. Used only when more than one exec is running (or one is
 //! being started).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -147,27 +147,42 @@ impl Owners {
             (Proto::Udp, IpAddr::V4(_)) => "udp",
             (Proto::Udp, IpAddr::V6(_)) => "udp6",
         };
-        let mut tables: HashMap<&str, HashMap<String, u64>> = HashMap::new();
-        wanted
+        // What to look for in each table: the address, and for UDP the wildcard one (an
+        // unconnected socket, a resolver's, is bound to it).
+        let keys: Vec<(&str, String, Option<String>)> = wanted
             .iter()
             .map(|(peer, proto)| {
-                let name = table_of(peer, *proto);
-                let table = tables.entry(name).or_insert_with(|| {
-                    std::fs::read_to_string(self.path(&format!("1/net/{name}")))
-                        .map(|text| local_inodes(&text))
-                        .unwrap_or_default()
-                });
-                table.get(&table_key(*peer)).copied().or_else(|| {
-                    // An unconnected UDP socket (a resolver's) is bound to the wildcard address.
-                    let any: IpAddr = match peer.ip() {
-                        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                    };
-                    (*proto == Proto::Udp)
-                        .then(|| table.get(&table_key(SocketAddr::new(any, peer.port()))))
-                        .flatten()
-                        .copied()
-                })
+                let any: IpAddr = match peer.ip() {
+                    IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                };
+                let fallback =
+                    (*proto == Proto::Udp).then(|| table_key(SocketAddr::new(any, peer.port())));
+                (table_of(peer, *proto), table_key(*peer), fallback)
+            })
+            .collect();
+        let mut sought: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (table, key, fallback) in &keys {
+            let set = sought.entry(table).or_default();
+            set.insert(key);
+            if let Some(fallback) = fallback {
+                set.insert(fallback);
+            }
+        }
+        let found: HashMap<&str, HashMap<String, u64>> = sought
+            .into_iter()
+            .map(|(table, set)| {
+                let text = std::fs::read(self.path(&format!("1/net/{table}"))).unwrap_or_default();
+                (table, find_inodes(&text, &set))
+            })
+            .collect();
+        keys.iter()
+            .map(|(table, key, fallback)| {
+                let found = found.get(table)?;
+                found
+                    .get(key)
+                    .or_else(|| fallback.as_ref().and_then(|f| found.get(f)))
+                    .copied()
             })
             .collect()
     }
@@ -187,21 +202,38 @@ fn socket_inode(link: &str) -> Option<u64> {
 /// Finds the inode of the socket whose local address is `addr` in a `/proc/net/{tcp,udp}[6]`
 /// table.
 pub fn inode_in_table(table: &str, addr: SocketAddr) -> Option<u64> {
-    local_inodes(table).get(&table_key(addr)).copied()
+    let key = table_key(addr);
+    find_inodes(table.as_bytes(), &HashSet::from([key.as_str()]))
+        .get(&key)
+        .copied()
 }
 
-/// Local address (as the table prints it) → inode, for every socket in a table.
-fn local_inodes(table: &str) -> HashMap<String, u64> {
+/// Local address (as the table prints it) → inode, for the sockets of a table whose local
+/// address is one of `wanted`; the first of each (a listener comes before its connections).
+/// The table may have tens of thousands of lines under a flood: each line is looked at only
+/// up to its local address unless that is wanted.
+fn find_inodes(table: &[u8], wanted: &HashSet<&str>) -> HashMap<String, u64> {
     let mut out = HashMap::new();
-    for line in table.lines().skip(1) {
-        let mut cols = line.split_whitespace();
-        let (Some(local), Some(Ok(inode))) = (cols.nth(1), cols.nth(7).map(str::parse::<u64>))
-        else {
+    for line in table.split(|&b| b == b'\n').skip(1) {
+        // "  sl: LOCAL REMOTE st tx:rx tr:when retrnsmt uid timeout inode …"
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        if inode != 0 {
-            // The first socket with that address, as a listener comes before its connections.
-            out.entry(local.to_owned()).or_insert(inode);
+        let rest = &line[colon + 1..];
+        let rest = &rest[rest.iter().position(|&b| b != b' ').unwrap_or(rest.len())..];
+        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let Ok(local) = std::str::from_utf8(&rest[..end]) else {
+            continue;
+        };
+        if !wanted.contains(local) || out.contains_key(local) {
+            continue;
+        }
+        let inode = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split_whitespace().nth(8))
+            .and_then(|i| i.parse::<u64>().ok());
+        if let Some(inode) = inode.filter(|i| *i != 0) {
+            out.insert(local.to_owned(), inode);
         }
     }
     out
