@@ -24,7 +24,7 @@ use lru::LruCache;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::budget::{self, TokenBucket};
+use super::quota::{self, TokenBucket};
 use super::{Proto, Proxy};
 use crate::audit::Event;
 
@@ -460,11 +460,11 @@ fn log(proxy: &Proxy, answered: &Answered, exec: Option<String>, peer: Option<So
 
 /// Logs one answered query with the exec that asked, once known; refusals over the rate
 /// are not attributed (that would cost a look into /proc for each).
-/// Past [`budget::AWAITING_EXEC`] lines waiting for theirs, the exec is left out.
+/// Past [`quota::AWAITING_EXEC`] lines waiting for theirs, the exec is left out.
 fn log_attributed(proxy: &Arc<Proxy>, dns: &Resolver, answered: Answered, peer: SocketAddr) {
     let waiting = dns.awaiting_exec.clone();
     if answered.outcome == Outcome::OverRate
-        || waiting.load(Ordering::Relaxed) >= budget::AWAITING_EXEC
+        || waiting.load(Ordering::Relaxed) >= quota::AWAITING_EXEC
     {
         log(proxy, &answered, None, Some(peer));
         return;
@@ -510,14 +510,14 @@ pub async fn serve_udp(proxy: Arc<Proxy>, dns: Arc<Resolver>, socket: UdpSocket)
 /// connection budget and is closed after `[limits] idle_secs` without a query.
 pub async fn serve_tcp(proxy: Arc<Proxy>, dns: Arc<Resolver>, listener: TcpListener) {
     loop {
-        let ticket = budget::ticket(&proxy).await;
+        let ticket = quota::ticket(&proxy).await;
         let Ok((mut stream, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let (proxy, dns) = (proxy.clone(), dns.clone());
         tokio::spawn(async move {
-            let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
+            let Some(admitted) = quota::admit(&proxy, &stream, client, ticket).await else {
                 return;
             };
             let idle = crate::policy::Limits::secs(proxy.cfg.policy.limits.idle_secs);

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::io::Prefixed;
-use super::{ConnInfo, Proxy, budget, tunnel};
+use super::{ConnInfo, Proxy, quota, tunnel};
 use crate::audit::Event;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -18,7 +18,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until the listener fails for good.
 pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
-        let ticket = budget::ticket(&proxy).await;
+        let ticket = quota::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
@@ -79,9 +79,9 @@ async fn handle_conn(
     proxy: Arc<Proxy>,
     mut stream: TcpStream,
     client: SocketAddr,
-    ticket: budget::Ticket,
+    ticket: quota::Ticket,
 ) {
-    let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
+    let Some(admitted) = quota::admit(&proxy, &stream, client, ticket).await else {
         return;
     };
     let mut buf = BytesMut::with_capacity(4096);

@@ -5,7 +5,7 @@
 //! dns.rs       the sandbox's resolver: synthetic addresses, NXDOMAIN for denied names
 //! explicit.rs  accept loop for HTTP forward-proxy requests and CONNECT (Tier 0)
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
-//! budget.rs    what one command may take: connections per exec, the DNS query rate
+//! quota.rs     what one command may take: connections per exec, the DNS query rate
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
 //! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
@@ -18,7 +18,7 @@
 //! ```
 
 mod body;
-mod budget;
+mod quota;
 mod decide;
 pub mod dns;
 mod explicit;
@@ -72,7 +72,7 @@ pub struct Proxy {
     pub(crate) guard: guard::Guard,
     attribution: OnceLock<Attribution>,
     /// Open connections per exec (`[limits] connections_per_exec`).
-    pub(crate) connections: Arc<budget::Connections>,
+    pub(crate) connections: Arc<quota::Connections>,
     workers: workers::Workers,
 }
 
@@ -101,7 +101,7 @@ impl Proxy {
             .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
-        let connections = budget::Connections::new(cfg.policy.limits.connections_per_exec);
+        let connections = quota::Connections::new(cfg.policy.limits.connections_per_exec);
         Ok(Arc::new(Proxy {
             cfg,
             upstream,

@@ -10,7 +10,7 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dns::SyntheticNames;
-use super::{ConnInfo, Proxy, budget, tunnel};
+use super::{ConnInfo, Proxy, quota, tunnel};
 use crate::audit::Event;
 
 /// Accepts redirected connections until the listener fails for good.
@@ -20,7 +20,7 @@ pub async fn serve_transparent(
     listener: TcpListener,
 ) {
     loop {
-        let ticket = budget::ticket(&proxy).await;
+        let ticket = quota::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
@@ -52,9 +52,9 @@ async fn handle(
     names: Arc<SyntheticNames>,
     stream: TcpStream,
     client: SocketAddr,
-    ticket: budget::Ticket,
+    ticket: quota::Ticket,
 ) {
-    let Some(admitted) = budget::admit(&proxy, &stream, client, ticket).await else {
+    let Some(admitted) = quota::admit(&proxy, &stream, client, ticket).await else {
         return;
     };
     let exec = admitted.exec.clone();
