@@ -85,6 +85,12 @@ pub fn block_class(event: &Event) -> &'static str {
     if event.tokens.iter().any(|t| t.action == "invalid") {
         return "invalid token";
     }
+    if reason.contains("connections_per_exec") {
+        return "connection cap";
+    }
+    if reason.contains("dns_queries_per_sec") {
+        return "DNS over the rate";
+    }
     match event.kind {
         "packet" => return "non-TCP traffic",
         "dns" => return "DNS name denied",
@@ -141,6 +147,15 @@ mod tests {
         });
         stats.record(&wrong_host);
         stats.record(&Event::new("packet", "block"));
+        let mut capped = Event::new("connection", "block");
+        capped.reason = Some(
+            "exec-1 has 1024 connections open, the most [limits] connections_per_exec allows: reset"
+                .into(),
+        );
+        stats.record(&capped);
+        let mut over = Event::new("dns", "block");
+        over.reason = Some("more than [limits] dns_queries_per_sec = 500 …: REFUSED".into());
+        stats.record(&over);
         stats.connection();
         let c = stats.snapshot();
         assert_eq!((c.connections, c.requests, c.substitutions), (1, 3, 1));
@@ -148,5 +163,7 @@ mod tests {
         assert_eq!(c.blocks["egress policy"], 1);
         assert_eq!(c.blocks["token not bound to the host"], 1);
         assert_eq!(c.blocks["non-TCP traffic"], 1);
+        assert_eq!(c.blocks["connection cap"], 1);
+        assert_eq!(c.blocks["DNS over the rate"], 1);
     }
 }

@@ -489,13 +489,18 @@ impl Started {
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
         proxy.set_attribution(Arc::new(move |peer, proto| {
-            attribution.exec_of(peer, proto)
+            Box::pin(attribution.exec_of(peer, proto))
         }));
         let mut tasks = Vec::new();
         let names = Arc::new(SyntheticNames::default());
+        let resolver = Arc::new(dns::Resolver::new(
+            names.clone(),
+            proxy.cfg.policy.limits.dns_queries_per_sec,
+        ));
         let sockets = launched.sockets;
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
+            deepen_backlog(&l);
             l.set_nonblocking(true).map_err(io)?;
             let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
             tasks.push(tokio::spawn(serve_transparent(
@@ -509,16 +514,17 @@ impl Started {
             let s = tokio::net::UdpSocket::from_std(s).map_err(io)?;
             tasks.push(tokio::spawn(dns::serve_udp(
                 proxy.clone(),
-                names.clone(),
+                resolver.clone(),
                 s,
             )));
         }
         for l in sockets.dns_tcp {
+            deepen_backlog(&l);
             l.set_nonblocking(true).map_err(io)?;
             let l = tokio::net::TcpListener::from_std(l).map_err(io)?;
             tasks.push(tokio::spawn(dns::serve_tcp(
                 proxy.clone(),
-                names.clone(),
+                resolver.clone(),
                 l,
             )));
         }
@@ -588,6 +594,17 @@ fn default_netcage() -> Result<PathBuf, Error> {
             "cannot find the netcage binary that runs the sandbox: install it on the PATH, set NETCAGE=/path/to/netcage, or call netcage_binary()".into(),
         )
     })
+}
+
+/// Connections the kernel holds for a listener until the proxy accepts them (the kernel caps
+/// it at the namespace's `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listener made with std's backlog of 128 gets [`LISTEN_BACKLOG`]: under a burst of
+/// connections (a flood, refused at once past its exec's cap) a full queue drops the SYNs of
+/// every exec, and their clients retry only a second later.
+fn deepen_backlog(listener: &std::net::TcpListener) {
+    let _ = socket2::SockRef::from(listener).listen(LISTEN_BACKLOG);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

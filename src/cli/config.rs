@@ -188,9 +188,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             .map_err(input_error)?;
     }
     let learner = learn.as_ref().map(|l| l.learner.clone());
-    let audit = AuditLog::open_with(&audit_path, learner).with_context(|| {
-        format!("cannot open the audit log {audit_path} (choose another with --audit FILE)")
-    })?;
+    let audit =
+        AuditLog::open_with(&audit_path, policy.audit.max_bytes, learner).with_context(|| {
+            format!("cannot open the audit log {audit_path} (choose another with --audit FILE)")
+        })?;
     let ca = Ca::load_or_create(&key_args.data_dir)?;
     Ok(Resolved {
         audit_path: (audit_path != "-").then(|| {
@@ -213,7 +214,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
 }
 
 /// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and
-/// audit log hidden (plus `also_hide`, e.g. serve's socket), netcage's environment with the
+/// audit log (and its rotated copy) hidden (plus `also_hide`, e.g. serve's socket), netcage's environment with the
 /// sealed tokens (and the `--pass-env` names), this binary as the holder, exec ids `PREFIX-N`.
 pub fn sandbox_config(
     key: &KeyArgs,
@@ -222,10 +223,21 @@ pub fn sandbox_config(
     also_hide: Option<PathBuf>,
     prefix: &str,
 ) -> netcage::Started {
-    let hide = [Some(key_path(key)), resolved.audit_path.clone(), also_hide]
-        .into_iter()
-        .flatten()
-        .collect();
+    // The rotated audit log too, when there is one (it exists from the start then).
+    let rotated = resolved
+        .audit_path
+        .as_deref()
+        .map(netcage::audit::rotated_path)
+        .filter(|p| p.exists());
+    let hide = [
+        Some(key_path(key)),
+        resolved.audit_path.clone(),
+        rotated,
+        also_hide,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     netcage::Started {
         cfg: resolved.proxy,
         data_dir: key.data_dir.clone(),

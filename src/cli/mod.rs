@@ -286,6 +286,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The proxy's descriptors: the soft limit up to the hard one (a warning if that fails).
+fn raise_nofile_limit() {
+    if let Err(e) = netcage::sandbox::process::raise_nofile_limit() {
+        eprintln!("netcage: warning: cannot raise the descriptor limit (RLIMIT_NOFILE): {e}");
+    }
+}
+
 /// 2 for input errors, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let input = err.chain().any(|e| {

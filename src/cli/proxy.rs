@@ -9,6 +9,7 @@ use super::config::resolve;
 
 pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    super::raise_nofile_limit();
     let resolved = resolve(&args.key, &args.policy)?;
     let bundle = resolved.proxy.ca.bundle_path().to_owned();
     for sealed in &resolved.sealed_env {

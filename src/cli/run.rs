@@ -28,6 +28,7 @@ const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy;
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    super::raise_nofile_limit();
     let resolved = resolve(&args.key, &args.policy)?;
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
@@ -249,7 +250,9 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let proxy = Proxy::new(resolved.proxy)?;
     // Every connection to this proxy comes from the one command (or something it started).
     let run_id = format!("run-{}", std::process::id());
-    proxy.set_attribution(Arc::new(move |_, _| Some(run_id.clone())));
+    proxy.set_attribution(Arc::new(move |_, _| {
+        Box::pin(std::future::ready(Some(run_id.clone())))
+    }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("cannot listen on 127.0.0.1")?;

@@ -25,6 +25,7 @@ use super::{ServeArgs, input_error};
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
+    super::raise_nofile_limit();
     let resolved = resolve(&args.key, &args.policy)?;
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();

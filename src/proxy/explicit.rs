@@ -9,18 +9,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::io::Prefixed;
-use super::{ConnInfo, Proto, Proxy, timeouts, tunnel};
+use super::{ConnInfo, Proxy, quota, timeouts, tunnel};
 use crate::audit::Event;
 use crate::policy::Limits;
 
 /// Accepts connections until the listener fails for good.
 pub async fn serve_explicit(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
+        let ticket = quota::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
                 let served = proxy.clone();
-                proxy.hand_off(stream, move |stream| handle_conn(served, stream, client));
+                proxy.hand_off(stream, move |stream| {
+                    handle_conn(served, stream, client, ticket)
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -70,8 +73,16 @@ async fn reply(stream: &mut TcpStream, status: &str, reason: &str) {
     let _ = stream.shutdown().await;
 }
 
-async fn handle_conn(proxy: Arc<Proxy>, mut stream: TcpStream, client: SocketAddr) {
-    let exec = proxy.exec_of(client, Proto::Tcp);
+async fn handle_conn(
+    proxy: Arc<Proxy>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    ticket: quota::Ticket,
+) {
+    let Some(admitted) = quota::admit(&proxy, &stream, client, ticket).await else {
+        return;
+    };
+    let exec = admitted.exec.clone();
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
         event.exec = exec.clone();

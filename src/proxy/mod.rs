@@ -5,6 +5,7 @@
 //! dns.rs       the sandbox's resolver: synthetic addresses, NXDOMAIN for denied names
 //! explicit.rs  accept loop for HTTP forward-proxy requests and CONNECT (Tier 0)
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
+//! quota.rs     what one command may take: connections per exec, the DNS query rate
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
 //! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
@@ -25,6 +26,7 @@ pub mod dns;
 mod explicit;
 mod guard;
 mod io;
+mod quota;
 mod respond;
 mod service;
 mod timeouts;
@@ -35,7 +37,9 @@ mod upstream;
 mod workers;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::CertificateDer;
@@ -73,12 +77,18 @@ pub struct Proxy {
     /// Request bodies read whole share this (`limits.body_memory_mib`).
     pub(crate) bodies: budget::Budget,
     attribution: OnceLock<Attribution>,
+    /// Open connections per exec (`[limits] connections_per_exec`).
+    pub(crate) connections: Arc<quota::Connections>,
     workers: workers::Workers,
 }
 
 /// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
-/// address the proxy saw.
-pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> Option<String> + Send + Sync>;
+/// address the proxy saw. The answer may take a look into the sandbox's /proc, so it comes
+/// as a future.
+pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> ExecLookup + Send + Sync>;
+
+/// The exec an [`Attribution`] names, once known.
+pub type ExecLookup = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 pub use crate::sandbox::owner::Proto;
 
@@ -98,6 +108,7 @@ impl Proxy {
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
         let bodies = budget::Budget::new(cfg.policy.limits.body_memory_mib);
+        let connections = quota::Connections::new(cfg.policy.limits.connections_per_exec);
         let proxy = Arc::new(Proxy {
             cfg,
             upstream,
@@ -105,6 +116,7 @@ impl Proxy {
             guard,
             bodies,
             attribution: OnceLock::new(),
+            connections,
             workers,
         });
         let weak = Arc::downgrade(&proxy);
@@ -149,8 +161,16 @@ impl Proxy {
     }
 
     /// The exec a peer belongs to, if attribution is set up.
-    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
-        self.attribution.get().and_then(|f| f(peer, proto))
+    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> ExecLookup {
+        match self.attribution.get() {
+            Some(f) => f(peer, proto),
+            None => Box::pin(std::future::ready(None)),
+        }
+    }
+
+    /// Whether connections are attributed to execs (and so capped per exec).
+    pub(crate) fn attributes(&self) -> bool {
+        self.attribution.get().is_some()
     }
 }
 

@@ -10,7 +10,7 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dns::SyntheticNames;
-use super::{ConnInfo, Proto, Proxy, tunnel};
+use super::{ConnInfo, Proxy, quota, tunnel};
 use crate::audit::Event;
 
 /// Accepts redirected connections until the listener fails for good.
@@ -20,11 +20,14 @@ pub async fn serve_transparent(
     listener: TcpListener,
 ) {
     loop {
+        let ticket = quota::ticket(&proxy).await;
         match listener.accept().await {
             Ok((stream, client)) => {
                 proxy.audit().stats().connection();
                 let (served, names) = (proxy.clone(), names.clone());
-                proxy.hand_off(stream, move |stream| handle(served, names, stream, client));
+                proxy.hand_off(stream, move |stream| {
+                    handle(served, names, stream, client, ticket)
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -49,8 +52,12 @@ async fn handle(
     names: Arc<SyntheticNames>,
     stream: TcpStream,
     client: SocketAddr,
+    ticket: quota::Ticket,
 ) {
-    let exec = proxy.exec_of(client, Proto::Tcp);
+    let Some(admitted) = quota::admit(&proxy, &stream, client, ticket).await else {
+        return;
+    };
+    let exec = admitted.exec.clone();
     let Some(dst) = original_dst(&stream) else {
         let conn = ConnInfo {
             client,
@@ -63,7 +70,9 @@ async fn handle(
         tunnel::handle(proxy, stream, conn).await;
         return;
     };
-    let target_host = match names.name_of(dst.ip()) {
+    // While the connection is open, its name keeps its synthetic address.
+    let held = names.hold(dst.ip());
+    let target_host = match held.as_ref().map(|h| h.name.clone()) {
         Some(name) => name,
         None if SyntheticNames::is_synthetic(dst.ip()) => {
             let mut event = Event::new("connection", "block");

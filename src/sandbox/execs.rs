@@ -2,7 +2,8 @@
 //! and knows which exec is running (for `status` and for naming the exec in audit lines).
 //!
 //! One thread reads the sandbox's messages and completes the waiting spawns and waits;
-//! sending is a short blocking `sendmsg` under a lock.
+//! sending is a short blocking `sendmsg` under a lock. Another answers which exec a
+//! connection belongs to, in batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -67,7 +68,8 @@ pub struct Execs {
     send: Mutex<()>,
     state: Arc<Shared>,
     next: AtomicU64,
-    owners: Owners,
+    /// Lookups for the thread that searches the sandbox's /proc (see [`Execs::exec_of`]).
+    lookups: Arc<Lookups>,
     /// Turns true once the sandbox is gone.
     gone: watch::Receiver<bool>,
 }
@@ -97,16 +99,23 @@ impl Execs {
         let spawned = std::thread::Builder::new()
             .name("netcage-control".into())
             .spawn(move || read_loop(&reader_sock, &reader_state, gone_tx));
+        let lookups = Arc::new(Lookups::default());
+        let (looker, looker_state) = (lookups.clone(), state.clone());
+        let owners = Owners::new(proc_dir);
+        let looking = std::thread::Builder::new()
+            .name("netcage-owners".into())
+            .spawn(move || lookup_loop(&looker, &looker_state, &owners));
         if let Ok(previous) = previous {
             let _ = previous.thread_set_mask();
         }
         spawned?;
+        looking?;
         Ok(Arc::new(Execs {
             sock,
             send: Mutex::new(()),
             state,
             next: AtomicU64::new(1),
-            owners: Owners::new(proc_dir),
+            lookups,
             gone,
         }))
     }
@@ -214,37 +223,150 @@ impl Execs {
     /// The exec a connection (TCP) or datagram (UDP) from `peer` inside the sandbox belongs
     /// to: the only one running, or else the one whose session holds the socket. A command
     /// can connect before its start has reached us: while an exec is being started and the
-    /// socket's owner is not found, this waits (up to [`PENDING_WAIT`]) for the reader.
-    pub fn exec_of(&self, peer: SocketAddr, proto: Proto) -> Option<String> {
-        let deadline = Instant::now() + PENDING_WAIT;
-        loop {
-            let pending = {
-                let state = self.lock();
-                let pending = state.waiting.values().any(|w| w.started.is_some());
-                match state.running.len() {
-                    0 if !pending => return None,
-                    1 if !pending => return state.running.values().next().map(|i| i.exec.clone()),
-                    _ => pending,
+    /// socket's owner is not found, the lookup waits (up to [`PENDING_WAIT`]) for the reader.
+    ///
+    /// Lookups that need the sandbox's /proc go to one thread, which answers every lookup
+    /// waiting at once with one scan ([`Owners::lineages_of`]): a flood of connections costs
+    /// a scan per batch, and no proxy thread waits on /proc.
+    pub fn exec_of(
+        &self,
+        peer: SocketAddr,
+        proto: Proto,
+    ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
+        let answer = match quick_answer(&self.lock()) {
+            Some(known) => Ok(known),
+            None => {
+                let (reply, answer) = oneshot::channel();
+                let mut queue = self.lookups.lock();
+                queue.waiting.push(Lookup {
+                    peer,
+                    proto,
+                    deadline: Instant::now() + PENDING_WAIT,
+                    reply,
+                });
+                drop(queue);
+                self.lookups.ready.notify_one();
+                Err(answer)
+            }
+        };
+        async move {
+            match answer {
+                Ok(known) => known,
+                Err(answer) => answer.await.unwrap_or(None),
+            }
+        }
+    }
+}
+
+/// The answer that needs no lookup: nobody is running (None), or exactly one exec runs and
+/// none is being started (that one).
+fn quick_answer(state: &State) -> Option<Option<String>> {
+    let pending = state.waiting.values().any(|w| w.started.is_some());
+    match state.running.len() {
+        0 if !pending => Some(None),
+        1 if !pending => Some(state.running.values().next().map(|i| i.exec.clone())),
+        _ => None,
+    }
+}
+
+/// The exec of a socket whose holder was not found: the only one running, if so.
+fn fallback(state: &State) -> Option<String> {
+    match state.running.len() {
+        1 => state.running.values().next().map(|i| i.exec.clone()),
+        _ => None,
+    }
+}
+
+/// One connection or datagram waiting for its exec.
+struct Lookup {
+    peer: SocketAddr,
+    proto: Proto,
+    /// How long it may wait for an exec being started.
+    deadline: Instant,
+    reply: oneshot::Sender<Option<String>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Lookup>,
+    /// `Execs` is gone: the thread ends.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Lookups {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Lookups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How long lookups not found while an exec is being started wait before the next scan.
+const RETRY: Duration = Duration::from_millis(10);
+
+/// The lookup thread: takes every lookup waiting, answers them with one scan, and scans
+/// again (after [`RETRY`]) for those that may belong to an exec still being started.
+fn lookup_loop(lookups: &Lookups, shared: &Shared, owners: &Owners) {
+    let mut retry: Vec<Lookup> = Vec::new();
+    loop {
+        let mut batch = {
+            let mut queue = lookups.lock();
+            if retry.is_empty() {
+                while queue.waiting.is_empty() && !queue.closed {
+                    queue = lookups.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
-            };
-            let lineage = self.owners.lineage_of(peer, proto);
-            let state = self.lock();
+            } else if queue.waiting.is_empty() && !queue.closed {
+                queue = lookups
+                    .ready
+                    .wait_timeout(queue, RETRY)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if queue.closed {
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        batch.append(&mut retry);
+        let lock = || shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Answered without a scan now (the exec being started has started meanwhile).
+        let mut scan = Vec::with_capacity(batch.len());
+        {
+            let state = lock();
+            for lookup in batch {
+                match quick_answer(&state) {
+                    Some(known) => {
+                        let _ = lookup.reply.send(known);
+                    }
+                    None => scan.push(lookup),
+                }
+            }
+        }
+        // Those whose connection is gone already need no answer.
+        scan.retain(|l| !l.reply.is_closed());
+        if scan.is_empty() {
+            continue;
+        }
+        let wanted: Vec<(SocketAddr, Proto)> = scan.iter().map(|l| (l.peer, l.proto)).collect();
+        let lineages = owners.lineages_of(&wanted);
+        let state = lock();
+        let pending = state.waiting.values().any(|w| w.started.is_some());
+        let now = Instant::now();
+        for (lookup, lineage) in scan.into_iter().zip(lineages) {
             if let Some(id) = lineage.iter().find_map(|pid| state.by_pid.get(pid)) {
-                return state.running.get(id).map(|i| i.exec.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !pending || left.is_zero() || state.dead {
+                let _ = lookup
+                    .reply
+                    .send(state.running.get(id).map(|i| i.exec.clone()));
+            } else if pending && now < lookup.deadline && !state.dead {
+                retry.push(lookup);
+            } else {
                 // Not found in the tables (the process is gone): the only one running, if so.
-                return match state.running.len() {
-                    1 => state.running.values().next().map(|i| i.exec.clone()),
-                    _ => None,
-                };
+                let _ = lookup.reply.send(fallback(&state));
             }
-            let _ = self
-                .state
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -326,6 +448,8 @@ impl Drop for Execs {
     /// The reader thread holds the socket too: shut it down so the sandbox sees the end of
     /// the channel (a shutdown with no grace) and the reader exits.
     fn drop(&mut self) {
+        self.lookups.lock().closed = true;
+        self.lookups.ready.notify_all();
         let _ = nix::sys::socket::shutdown(
             std::os::fd::AsRawFd::as_raw_fd(&*self.sock),
             nix::sys::socket::Shutdown::Both,

@@ -59,10 +59,13 @@ pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
     // process group, and it is the command's to handle, not theirs. (std resets the mask
     // before this hook runs.)
     let all = nix::sys::signal::SigSet::all();
-    // SAFETY: runs between fork and exec; sigprocmask, dup2 and fcntl are async-signal-safe
-    // and touch only the child's own state, so this is sound in a multi-threaded parent.
+    // SAFETY: runs between fork and exec; sigprocmask, dup2, fcntl and setrlimit are
+    // async-signal-safe and touch only the child's own state, so this is sound in a
+    // multi-threaded parent.
     unsafe {
         cmd.pre_exec(move || {
+            // The sandbox's commands get the descriptor limit netcage started with.
+            super::process::restore_nofile_limit()?;
             if nix::libc::sigprocmask(nix::libc::SIG_BLOCK, all.as_ref(), std::ptr::null_mut()) < 0
             {
                 return Err(std::io::Error::last_os_error());

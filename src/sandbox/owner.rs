@@ -3,8 +3,10 @@
 //! session, which is the exec that started it (each exec leads a session of its own).
 //!
 //! Read through the sandbox's own /proc (a descriptor init sent), so pids are the sandbox's
-//! and only its processes are searched. Used only when more than one exec is running.
+//! and only its processes are searched. Used only when more than one exec is running (or one is
+//! being started).
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -32,14 +34,30 @@ impl Owners {
         ))
     }
 
-    /// A process holding the socket whose local address is `peer`, then its ancestors (pids
-    /// in the sandbox's namespace), and last its session id: an exec is the first of these
-    /// that is an exec's pid (a `setsid` child still has its exec as an ancestor; an orphan
-    /// still has its session).
-    pub fn lineage_of(&self, peer: SocketAddr, proto: Proto) -> Vec<i32> {
-        let Some(pid) = self.holder_of(peer, proto) else {
-            return Vec::new();
-        };
+    /// For each `(peer, proto)`: a process holding the socket whose local address is `peer`,
+    /// then its ancestors (pids in the sandbox's namespace), and last its session id: an exec
+    /// is the first of these that is an exec's pid (a `setsid` child still has its exec as
+    /// an ancestor; an orphan still has its session). Empty when no holder was found.
+    ///
+    /// One call reads each socket table once and every process's descriptors at most once,
+    /// however many sockets it looks for: a flood of connections costs one scan per batch,
+    /// not one per connection.
+    pub fn lineages_of(&self, wanted: &[(SocketAddr, Proto)]) -> Vec<Vec<i32>> {
+        let holders = self.holders_of(wanted);
+        let mut known: HashMap<i32, Vec<i32>> = HashMap::new();
+        holders
+            .into_iter()
+            .map(|holder| match holder {
+                Some(pid) => known
+                    .entry(pid)
+                    .or_insert_with(|| self.lineage_from(pid))
+                    .clone(),
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn lineage_from(&self, pid: i32) -> Vec<i32> {
         let mut lineage = vec![pid];
         let mut session = None;
         let mut current = pid;
@@ -62,74 +80,168 @@ impl Owners {
         lineage
     }
 
-    /// The pid (in the sandbox's namespace) of a process holding the socket whose local
-    /// address is `peer`.
-    fn holder_of(&self, peer: SocketAddr, proto: Proto) -> Option<i32> {
-        let inode = self.inode_of(peer, proto)?;
-        let wanted = format!("socket:[{inode}]");
-        let dir = std::fs::read_dir(self.path("")).ok()?;
-        // A command holding hundreds of thousands of descriptors must not make every new
-        // connection wait: past this many, the connection goes unattributed.
-        let mut budget: usize = 20_000;
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let Ok(fds) = std::fs::read_dir(self.path(&format!("{pid}/fd"))) else {
-                continue;
-            };
-            let holds = fds.flatten().any(|fd| {
-                budget = budget.saturating_sub(1);
-                budget > 0
-                    && std::fs::read_link(fd.path())
-                        .is_ok_and(|target| target.as_os_str() == wanted.as_str())
-            });
-            if budget == 0 {
-                return None;
-            }
-            if holds {
-                return pid.parse().ok();
+    /// The pid (in the sandbox's namespace) of a process holding each socket.
+    fn holders_of(&self, wanted: &[(SocketAddr, Proto)]) -> Vec<Option<i32>> {
+        let mut out = vec![None; wanted.len()];
+        let mut want: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, inode) in self.inodes_of(wanted).into_iter().enumerate() {
+            if let Some(inode) = inode {
+                want.entry(inode).or_default().push(i);
             }
         }
-        None
+        if want.is_empty() {
+            return out;
+        }
+        // The processes holding the fewest descriptors are searched first, and each one's
+        // newest (highest) descriptors first: a command holding thousands of sockets is
+        // searched last and costs only its own connections time. Past the budget, the rest go
+        // unattributed (they share the unattributed connection budget).
+        let Ok(dir) = std::fs::read_dir(self.path("")) else {
+            return out;
+        };
+        let mut procs: Vec<(i32, Vec<u32>)> = dir
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let fds = std::fs::read_dir(self.path(&format!("{pid}/fd"))).ok()?;
+                let mut fds: Vec<u32> = fds
+                    .flatten()
+                    .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
+                    .collect();
+                fds.sort_unstable_by(|a, b| b.cmp(a));
+                Some((pid, fds))
+            })
+            .collect();
+        procs.sort_by_key(|(_, fds)| fds.len());
+        let mut budget = SCAN_BUDGET;
+        'scan: for (pid, fds) in &procs {
+            for fd in fds {
+                if budget == 0 {
+                    break 'scan;
+                }
+                budget -= 1;
+                let Ok(target) = std::fs::read_link(self.path(&format!("{pid}/fd/{fd}"))) else {
+                    continue;
+                };
+                let Some(inode) = socket_inode(target.as_os_str().to_str().unwrap_or("")) else {
+                    continue;
+                };
+                if let Some(found) = want.remove(&inode) {
+                    for i in found {
+                        out[i] = Some(*pid);
+                    }
+                    if want.is_empty() {
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        out
     }
 
-    fn inode_of(&self, peer: SocketAddr, proto: Proto) -> Option<u64> {
-        let table = match (proto, peer.ip()) {
+    /// The inode of each socket, from the namespace's tables (each read once).
+    fn inodes_of(&self, wanted: &[(SocketAddr, Proto)]) -> Vec<Option<u64>> {
+        let table_of = |peer: &SocketAddr, proto: Proto| match (proto, peer.ip()) {
             (Proto::Tcp, IpAddr::V4(_)) => "tcp",
             (Proto::Tcp, IpAddr::V6(_)) => "tcp6",
             (Proto::Udp, IpAddr::V4(_)) => "udp",
             (Proto::Udp, IpAddr::V6(_)) => "udp6",
         };
-        let text = std::fs::read_to_string(self.path(&format!("1/net/{table}"))).ok()?;
-        inode_in_table(&text, peer).or_else(|| {
-            // An unconnected UDP socket (a resolver's) is bound to the wildcard address.
-            let any: IpAddr = match peer.ip() {
-                IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-            };
-            (proto == Proto::Udp)
-                .then(|| inode_in_table(&text, SocketAddr::new(any, peer.port())))
-                .flatten()
-        })
+        // What to look for in each table: the address, and for UDP the wildcard one (an
+        // unconnected socket, a resolver's, is bound to it).
+        let keys: Vec<(&str, String, Option<String>)> = wanted
+            .iter()
+            .map(|(peer, proto)| {
+                let any: IpAddr = match peer.ip() {
+                    IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                };
+                let fallback =
+                    (*proto == Proto::Udp).then(|| table_key(SocketAddr::new(any, peer.port())));
+                (table_of(peer, *proto), table_key(*peer), fallback)
+            })
+            .collect();
+        let mut sought: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (table, key, fallback) in &keys {
+            let set = sought.entry(table).or_default();
+            set.insert(key);
+            if let Some(fallback) = fallback {
+                set.insert(fallback);
+            }
+        }
+        let found: HashMap<&str, HashMap<String, u64>> = sought
+            .into_iter()
+            .map(|(table, set)| {
+                let text = std::fs::read(self.path(&format!("1/net/{table}"))).unwrap_or_default();
+                (table, find_inodes(&text, &set))
+            })
+            .collect();
+        keys.iter()
+            .map(|(table, key, fallback)| {
+                let found = found.get(table)?;
+                found
+                    .get(key)
+                    .or_else(|| fallback.as_ref().and_then(|f| found.get(f)))
+                    .copied()
+            })
+            .collect()
     }
+}
+
+/// Descriptors one lookup batch may read the target of (a few tens of milliseconds).
+const SCAN_BUDGET: usize = 100_000;
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Finds the inode of the socket whose local address is `addr` in a `/proc/net/{tcp,udp}[6]`
 /// table.
 pub fn inode_in_table(table: &str, addr: SocketAddr) -> Option<u64> {
-    let wanted = format!("{}:{:04X}", hex_addr(addr.ip()), addr.port());
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.get(1) == Some(&wanted.as_str()))
-            .then(|| cols.get(9)?.parse().ok())
-            .flatten()
-            .filter(|inode| *inode != 0)
-    })
+    let key = table_key(addr);
+    find_inodes(table.as_bytes(), &HashSet::from([key.as_str()]))
+        .get(&key)
+        .copied()
+}
+
+/// Local address (as the table prints it) → inode, for the sockets of a table whose local
+/// address is one of `wanted`; the first of each (a listener comes before its connections).
+/// The table may have tens of thousands of lines under a flood: each line is looked at only
+/// up to its local address unless that is wanted.
+fn find_inodes(table: &[u8], wanted: &HashSet<&str>) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for line in table.split(|&b| b == b'\n').skip(1) {
+        // "  sl: LOCAL REMOTE st tx:rx tr:when retrnsmt uid timeout inode …"
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let rest = &line[colon + 1..];
+        let rest = &rest[rest.iter().position(|&b| b != b' ').unwrap_or(rest.len())..];
+        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let Ok(local) = std::str::from_utf8(&rest[..end]) else {
+            continue;
+        };
+        if !wanted.contains(local) || out.contains_key(local) {
+            continue;
+        }
+        let inode = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split_whitespace().nth(8))
+            .and_then(|i| i.parse::<u64>().ok());
+        if let Some(inode) = inode.filter(|i| *i != 0) {
+            out.insert(local.to_owned(), inode);
+        }
+    }
+    out
+}
+
+/// `addr` as the socket tables print a local address.
+fn table_key(addr: SocketAddr) -> String {
+    format!("{}:{:04X}", hex_addr(addr.ip()), addr.port())
 }
 
 /// The kernel prints addresses as 32-bit words in host byte order.

@@ -2,6 +2,9 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::sync::OnceLock;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Makes this process non-dumpable: no core dumps, and other processes of the same user can no
 /// longer ptrace it or read `/proc/<pid>/mem` or `environ`.
@@ -15,12 +18,46 @@ pub fn set_non_dumpable() -> io::Result<()> {
     }
 }
 
-/// The child gets SIGKILL when the thread that spawned it (netcage's main thread) dies.
+/// The descriptor limits netcage started with, before [`raise_nofile_limit`].
+static ORIGINAL_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: the proxy holds a descriptor
+/// for each connection and one for its upstream. Returns the new limit. Commands netcage
+/// starts afterwards get the limit it started with back ([`restore_nofile_limit`]): many
+/// programs still use `select`, which breaks past 1024.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    ORIGINAL_NOFILE.get_or_init(|| libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// In a forked child before exec: the descriptor limit netcage started with, if it raised
+/// its own. Only a system call, so safe between fork and exec.
+pub(crate) fn restore_nofile_limit() -> io::Result<()> {
+    if let Some(original) = ORIGINAL_NOFILE.get() {
+        // SAFETY: setrlimit reads the struct it is given and changes only this process; it is
+        // async-signal-safe.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, original) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The child gets SIGKILL when the thread that spawned it (netcage's main thread) dies, and
+/// the descriptor limit netcage started with.
 pub fn kill_with_parent(cmd: &mut std::process::Command) {
-    // SAFETY: the closure runs between fork and exec and calls only prctl and getppid, which are
-    // async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs between fork and exec and calls only prctl, getppid and
+    // setrlimit, which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
+            restore_nofile_limit()?;
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
