@@ -10,6 +10,7 @@
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
+//! decode.rs    compressed responses decoded (streamed) for the redactor, or refused
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
 //! io.rs        a stream with bytes already read put back in front
@@ -18,6 +19,7 @@
 
 mod body;
 mod decide;
+mod decode;
 pub mod dns;
 mod explicit;
 mod guard;
