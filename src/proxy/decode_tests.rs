@@ -5,6 +5,8 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
 use http::HeaderValue;
 use proptest::prelude::*;
+
+use crate::fuzz::{apply, bytes, check, mutations};
 use tokio::io::AsyncReadExt;
 
 use super::*;
@@ -261,44 +263,39 @@ fn any_stack() -> impl Strategy<Value = Vec<Coding>> {
     prop::collection::vec(coding, 1..=2)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    /// Arbitrary bytes (from an upstream) through any decoder: no panic, frames within the
-    /// limit; reading stops after 1 MiB of output.
-    #[test]
-    fn decoders_take_arbitrary_bytes(
-        data in prop::collection::vec(any::<u8>(), 0..2048),
-        chunk in 1usize..512,
-        stack in any_stack(),
-    ) {
+/// Arbitrary bytes (from an upstream) through any decoder: no panic, frames within the limit;
+/// reading stops after 1 MiB of output.
+#[test]
+fn decoders_take_arbitrary_bytes() {
+    let strategy = (bytes(2048), 1usize..512, any_stack());
+    check("decode_any", 64, strategy, |(data, chunk, stack)| {
         let (frames, _) = decode_all(chunked(&data, chunk), &stack, 1 << 20);
         prop_assert!(frames.iter().all(|f| f.len() <= FRAME));
-    }
+        Ok(())
+    });
+}
 
-    /// Valid encoded bodies with bytes flipped, cut or inserted: no panic, frames within the
-    /// limit; an untouched body decodes to the original.
-    #[test]
-    fn decoders_take_mutated_valid_bodies(
-        data in prop::collection::vec(any::<u8>(), 0..4096),
-        stack in any_stack(),
-        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
-        cut in any::<prop::sample::Index>(),
-        chunk in 1usize..700,
-    ) {
-        let mut encoded = data.clone();
-        for &coding in &stack {
-            encoded = encode(&encoded, coding);
-        }
-        let (frames, err) = decode_all(chunked(&encoded, chunk), &stack, usize::MAX);
-        prop_assert!(err.is_none());
-        prop_assert_eq!(frames.concat(), data);
-        for (at, xor) in &flips {
-            let i = at.index(encoded.len());
-            encoded[i] ^= xor;
-        }
-        encoded.truncate(cut.index(encoded.len() + 1));
-        let (frames, _) = decode_all(chunked(&encoded, chunk), &stack, 1 << 20);
-        prop_assert!(frames.iter().all(|f| f.len() <= FRAME));
-    }
+/// Valid encoded bodies, mutated: no panic, frames within the limit; unchanged, a body
+/// decodes to the original.
+#[test]
+fn decoders_take_mutated_valid_bodies() {
+    let strategy = (any_stack(), 1usize..700, bytes(4096), mutations());
+    check(
+        "decode_mutated",
+        64,
+        strategy,
+        |(stack, chunk, plain, changes)| {
+            let mut encoded = plain.clone();
+            for &coding in &stack {
+                encoded = encode(&encoded, coding);
+            }
+            let (frames, err) = decode_all(chunked(&encoded, chunk), &stack, usize::MAX);
+            prop_assert!(err.is_none());
+            prop_assert_eq!(frames.concat(), plain);
+            let changed = apply(encoded, &changes);
+            let (frames, _) = decode_all(chunked(&changed, chunk), &stack, 1 << 20);
+            prop_assert!(frames.iter().all(|f| f.len() <= FRAME));
+            Ok(())
+        },
+    );
 }

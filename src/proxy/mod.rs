@@ -32,6 +32,9 @@ mod tunnel;
 mod upstream;
 mod workers;
 
+#[cfg(test)]
+mod props;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
