@@ -11,6 +11,11 @@ use serde::de::DeserializeOwned;
 
 const MAX_FDS: usize = 8;
 
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`). [`recv`] has room
+/// for that many, so the control data is never cut short: the descriptors of a truncated
+/// message cannot be taken, and would stay open in this process for good.
+const SCM_MAX_FD: usize = 253;
+
 /// The largest message: a command line and environment must fit (the kernel's limit for one
 /// datagram is the socket's send buffer, about 208 KiB unless raised).
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -39,13 +44,13 @@ pub fn send<T: Serialize>(sock: &impl AsRawFd, msg: &T, fds: &[RawFd]) -> std::i
     }
 }
 
-/// Receives one message and the descriptors it carried (close-on-exec). `None` when the peer
-/// closed the socket.
+/// Receives one message and the descriptors it carried (close-on-exec; more than
+/// [`MAX_FDS`] are closed and make an error). `None` when the peer closed the socket.
 pub fn recv<T: DeserializeOwned>(
     sock: &impl AsRawFd,
 ) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(
@@ -71,6 +76,13 @@ pub fn recv<T: DeserializeOwned>(
             Err(e) => return Err(e.into()),
         }
     };
+    if fds.len() > MAX_FDS {
+        // Dropped here, so closed.
+        return Err(std::io::Error::other(format!(
+            "a message carried {} descriptors, more than the {MAX_FDS} any message has",
+            fds.len()
+        )));
+    }
     if len == 0 {
         return Ok(None);
     }
