@@ -146,3 +146,57 @@ impl AsyncPacket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+    };
+
+    use super::super::control::ToSandbox;
+    use super::*;
+
+    /// How many of this process's descriptors refer to `path`.
+    fn open_descriptors_of(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// A message with more descriptors than any message has is refused, and its descriptors are
+    /// closed: before, a truncated control buffer left them open for good (one caller or sandbox
+    /// could use up the proxy's descriptor table).
+    #[test]
+    fn recv_closes_the_descriptors_of_a_message_with_too_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join("marker");
+        let file: OwnedFd = std::fs::File::create(&path).unwrap().into();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let msg = postcard::to_allocvec(&ToSandbox::Shutdown { grace_ms: 1 }).unwrap();
+        for count in [3, 9, 40, 253] {
+            let raw = vec![file.as_raw_fd(); count];
+            let iov = [IoSlice::new(&msg)];
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(a.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+            let got = recv::<ToSandbox>(&b);
+            match got {
+                Ok(Some((_, fds))) => assert_eq!((count, fds.len()), (3, 3)),
+                Ok(None) => panic!("{count} descriptors read as end of stream"),
+                Err(e) => assert!(count > 8, "{count}: {e}"),
+            }
+        }
+        drop(file);
+        assert_eq!(open_descriptors_of(&path), 0, "descriptors left open");
+    }
+}
