@@ -40,4 +40,7 @@ pub mod seal;
 pub mod stats;
 pub mod token;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use api::{Child, Command, Error, Output, Sandbox, SandboxBuilder, Signaller, Started, Stdio};

@@ -1,6 +1,9 @@
 //! netcage: parse the command line, run one handler, print any error as one line, exit.
 
 mod cli;
+#[cfg(test)]
+#[path = "fuzz.rs"]
+mod fuzz;
 
 use std::process::ExitCode;
 

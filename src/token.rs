@@ -276,6 +276,10 @@ pub fn fingerprint(token: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "token_props.rs"]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

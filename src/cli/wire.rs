@@ -109,3 +109,7 @@ pub fn connect_to(path: &Path) -> anyhow::Result<OwnedFd> {
         Err(e) => Err(anyhow::anyhow!("cannot connect to {}: {e}", path.display())),
     }
 }
+
+#[cfg(test)]
+#[path = "wire_props.rs"]
+mod props;

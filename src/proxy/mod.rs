@@ -11,6 +11,7 @@
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
+//! decode.rs    compressed responses decoded (streamed) for the redactor, or refused
 //! budget.rs    the memory budget shared by every request body read whole
 //! timeouts.rs  `[limits]` timeouts: request head, idle keep-alive, stalled bodies, raw relays
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
@@ -22,6 +23,7 @@
 mod body;
 mod budget;
 mod decide;
+mod decode;
 pub mod dns;
 mod explicit;
 mod guard;
@@ -35,6 +37,9 @@ mod transparent;
 mod tunnel;
 mod upstream;
 mod workers;
+
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use zeroize::Zeroizing;
@@ -20,7 +20,7 @@ use super::body::{self, Audited, ProxyBody, Redact, Substitute, Transformed};
 use super::budget::Held;
 use super::decide::Decider;
 use super::timeouts::{self, Silent, Stall, TimedOut};
-use super::{ConnInfo, Proxy, guard, respond};
+use super::{ConnInfo, Proxy, decode, guard, respond};
 use crate::audit::Event;
 use crate::hosts;
 use crate::policy::{self, Limits};
@@ -384,7 +384,8 @@ async fn forward(
         set.compiled.as_ref().map(RedactSet::redactor)
     };
     if redactor.is_some() {
-        // Compressed responses could hide a reflected value from the redactor.
+        // Compressed responses could hide a reflected value from the redactor (a server that
+        // compresses anyway is decoded: decode.rs).
         parts.headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
@@ -497,8 +498,8 @@ async fn forward(
     }
     let (mut parts, incoming) = resp.into_parts();
     let incoming = Stall::new(incoming, upstream_idle, Silent::Upstream);
-    strip_hop_by_hop(&mut parts.headers, false);
-    let body = match redactor {
+    // What the redactor must see decoded (read before the hop-by-hop Transfer-Encoding goes).
+    let codings = match &redactor {
         Some(redactor) => {
             for value in parts.headers.values_mut() {
                 if let Some(new) = redactor.redact(value.as_bytes())
@@ -507,10 +508,35 @@ async fn forward(
                     *value = v;
                 }
             }
+            decode::plan(&method, parts.status, &mut parts.headers)
+        }
+        None => Ok(Vec::new()),
+    };
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body = match redactor {
+        Some(redactor) => {
+            let codings = match codings {
+                Ok(codings) => codings,
+                Err(undecodable) => {
+                    event.tokens = decider
+                        .record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .uses
+                        .clone();
+                    let reason = undecodable.to_string();
+                    return Err(refuse(event, StatusCode::BAD_GATEWAY, &name, reason));
+                }
+            };
             if method != Method::HEAD {
                 parts.headers.remove(header::CONTENT_LENGTH);
             }
-            Transformed::new(incoming, Redact { redactor }, Arc::default()).boxed_unsync()
+            let source = if codings.is_empty() {
+                Either::Left(incoming)
+            } else {
+                Either::Right(decode::decoded(incoming, &codings))
+            };
+            Transformed::new(source, Redact { redactor }, Arc::default()).boxed_unsync()
         }
         None => incoming.map_err(body::BoxError::from).boxed_unsync(),
     };

@@ -11,6 +11,11 @@ use serde::de::DeserializeOwned;
 
 const MAX_FDS: usize = 8;
 
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`). [`recv`] has room
+/// for that many, so the control data is never cut short: the descriptors of a truncated
+/// message cannot be taken, and would stay open in this process for good.
+const SCM_MAX_FD: usize = 253;
+
 /// The largest message: a command line and environment must fit (the kernel's limit for one
 /// datagram is the socket's send buffer, about 208 KiB unless raised).
 pub const MAX_MESSAGE: usize = 256 * 1024;
@@ -39,13 +44,13 @@ pub fn send<T: Serialize>(sock: &impl AsRawFd, msg: &T, fds: &[RawFd]) -> std::i
     }
 }
 
-/// Receives one message and the descriptors it carried (close-on-exec). `None` when the peer
-/// closed the socket.
+/// Receives one message and the descriptors it carried (close-on-exec; more than
+/// [`MAX_FDS`] are closed and make an error). `None` when the peer closed the socket.
 pub fn recv<T: DeserializeOwned>(
     sock: &impl AsRawFd,
 ) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(
@@ -71,6 +76,13 @@ pub fn recv<T: DeserializeOwned>(
             Err(e) => return Err(e.into()),
         }
     };
+    if fds.len() > MAX_FDS {
+        // Dropped here, so closed.
+        return Err(std::io::Error::other(format!(
+            "a message carried {} descriptors, more than the {MAX_FDS} any message has",
+            fds.len()
+        )));
+    }
     if len == 0 {
         return Ok(None);
     }
@@ -132,5 +144,59 @@ impl AsyncPacket {
                 return result;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+    };
+
+    use super::super::control::ToSandbox;
+    use super::*;
+
+    /// How many of this process's descriptors refer to `path`.
+    fn open_descriptors_of(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// A message with more descriptors than any message has is refused, and its descriptors are
+    /// closed: before, a truncated control buffer left them open for good (one caller or sandbox
+    /// could use up the proxy's descriptor table).
+    #[test]
+    fn recv_closes_the_descriptors_of_a_message_with_too_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join("marker");
+        let file: OwnedFd = std::fs::File::create(&path).unwrap().into();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let msg = postcard::to_allocvec(&ToSandbox::Shutdown { grace_ms: 1 }).unwrap();
+        for count in [3, 9, 40, 253] {
+            let raw = vec![file.as_raw_fd(); count];
+            let iov = [IoSlice::new(&msg)];
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(a.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+            let got = recv::<ToSandbox>(&b);
+            match got {
+                Ok(Some((_, fds))) => assert_eq!((count, fds.len()), (3, 3)),
+                Ok(None) => panic!("{count} descriptors read as end of stream"),
+                Err(e) => assert!(count > 8, "{count}: {e}"),
+            }
+        }
+        drop(file);
+        assert_eq!(open_descriptors_of(&path), 0, "descriptors left open");
     }
 }

@@ -27,3 +27,6 @@ pub mod owner;
 pub mod plan;
 pub mod process;
 pub mod seccomp;
+
+#[cfg(test)]
+mod props;

@@ -130,4 +130,6 @@ impl std::fmt::Debug for Decision {
 pub struct Blocked;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -17,6 +17,8 @@
 //! | `/git/info/refs?service=git-upload-pack` | git smart-HTTP ref advertisement (one ref, HEAD = [`GIT_HEAD_SHA`]), or 401 with `WWW-Authenticate: Basic realm="x"` when a password is set ([`Upstream::set_git_password`]) and the request's Basic password differs |
 //! | `/status/NNN` | that status, with a short text body |
 //! | `/redirect?to=URL` | 302 to URL (taken verbatim, not percent-decoded) |
+//! | `/compressed?coding=C[,C…]&echo=NAME` | the value of request header NAME, encoded with each C in turn (`gzip`, `deflate`, `br`, `zstd`; any other name leaves the bytes as they are) and `Content-Encoding: C[, C…]`, whatever the request's `Accept-Encoding` said |
+//! | `/compressed?coding=C[,C…]&zeros=N` | the same for N zero bytes, encoded as they stream (a decompression bomb: 1 GiB of zeros is about 5 MiB of fast gzip) |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -437,6 +439,7 @@ fn route(rec: &Recorded, upgrade: Option<OnUpgrade>, state: &Arc<State>) -> Resp
         "/trailers" => trailers(),
         "/git/info/refs" => git_refs(rec, query, state),
         "/redirect" => redirect(query),
+        "/compressed" => compressed(rec, query),
         _ => match path.strip_prefix("/status/").and_then(|s| s.parse().ok()) {
             Some(code) => status(code),
             None => echo(rec),
@@ -678,6 +681,55 @@ fn redirect(query: &str) -> Response<RespBody> {
     };
     let mut resp = text(StatusCode::FOUND, "redirecting\n");
     resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+/// See the module docs: a body encoded whatever the client accepts.
+fn compressed(rec: &Recorded, query: &str) -> Response<RespBody> {
+    use async_compression::Level;
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
+    use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+
+    let Some(codings) = query_param(query, "coding") else {
+        return text(StatusCode::BAD_REQUEST, "want /compressed?coding=C\n");
+    };
+    let zeros = query_param(query, "zeros").and_then(|n| n.parse::<u64>().ok());
+    let echo = query_param(query, "echo").map(|name| rec.header(name).unwrap_or_default().to_vec());
+    let mut reader: Pin<Box<dyn AsyncRead + Send>> = match (zeros, echo) {
+        (Some(n), _) => Box::pin(tokio::io::repeat(0).take(n)),
+        (None, Some(value)) => Box::pin(std::io::Cursor::new(value)),
+        (None, None) => return text(StatusCode::BAD_REQUEST, "want echo=NAME or zeros=N\n"),
+    };
+    for coding in codings.split(',') {
+        let input: Pin<Box<dyn AsyncBufRead + Send>> =
+            Box::pin(BufReader::with_capacity(64 * 1024, reader));
+        reader = match coding {
+            "gzip" => Box::pin(GzipEncoder::with_quality(input, Level::Fastest)),
+            "deflate" => Box::pin(ZlibEncoder::with_quality(input, Level::Fastest)),
+            "br" => Box::pin(BrotliEncoder::with_quality(input, Level::Fastest)),
+            "zstd" => Box::pin(ZstdEncoder::with_quality(input, Level::Fastest)),
+            _ => input,
+        };
+    }
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(64 * 1024);
+            match reader.read_buf(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if tx.send(Frame::data(chunk.freeze())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut resp = response(StatusCode::OK, "application/octet-stream", body);
+    let value = codings.replace(',', ", ");
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(header::CONTENT_ENCODING, value);
+    }
     resp
 }
 
