@@ -384,6 +384,9 @@ impl FileLog {
     }
 }
 
+/// How the reason of a line for a reached `[limits]` timeout starts (`limits.KEY: …`).
+pub const LIMIT_REASON: &str = "limits.";
+
 /// How many different lines of one kind (e.g. DNS refusals for different names) go out in
 /// one second, per exec and decision, before the rest are only counted.
 pub const DISTINCT_PER_SECOND: u32 = 1000;
@@ -447,6 +450,9 @@ impl Aggregator {
     fn applies(event: &Event) -> bool {
         event.tokens.is_empty()
             && event.reflected == 0
+            // A connection a timeout closed keeps its own line (it held its place in the
+            // connection cap for the whole timeout, so these cannot come in a flood).
+            && !event.reason.as_deref().is_some_and(|r| r.starts_with(LIMIT_REASON))
             && match event.kind {
                 "dns" | "packet" => true,
                 "connection" => event.decision != "allow",
@@ -823,6 +829,26 @@ mod tests {
         agg.offer(refusal("2026-12-01T10:00:01.5Z", "exec-1", None), &mut out);
         assert_eq!(out.len(), 5);
         assert_eq!(out[4].kind, "dns");
+    }
+
+    /// Each connection a timeout closed keeps its line: it names the client a reader looks for.
+    #[test]
+    fn timed_out_connections_are_not_aggregated() {
+        let mut agg = Aggregator::default();
+        let mut out = Vec::new();
+        for port in 0..5 {
+            let mut e = Event::new("connection", "block");
+            e.time = "2026-12-01T10:00:00.5Z".into();
+            e.client = Some(format!("10.0.0.1:{port}"));
+            e.reason = Some(crate::proxy::timeouts::reason(
+                "idle_secs",
+                "idle for",
+                50.0,
+            ));
+            agg.offer(e, &mut out);
+        }
+        assert_eq!(out.len(), 5);
+        assert!(agg.is_empty());
     }
 
     /// A line of a later second ends the earlier second's window at once.

@@ -31,7 +31,7 @@ mod io;
 mod quota;
 mod respond;
 mod service;
-mod timeouts;
+pub(crate) mod timeouts;
 mod tls;
 mod transparent;
 mod tunnel;

@@ -20,7 +20,7 @@ use super::body::BoxError;
 
 /// The audit reason for a limit that was reached: `limits.KEY: WHAT N s`.
 pub fn reason(key: &str, what: &str, secs: f64) -> String {
-    format!("limits.{key}: {what} {secs} s")
+    format!("{}{key}: {what} {secs} s", crate::audit::LIMIT_REASON)
 }
 
 const NOT_YET: u64 = u64::MAX;
