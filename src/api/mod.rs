@@ -398,6 +398,7 @@ impl SandboxBuilder {
             key,
             policy: self.policy,
             resolve: self.resolve,
+            resolve_ports: HashMap::new(),
             upstream_cas: self.upstream_cas,
             audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
             ca: Arc::new(ca),

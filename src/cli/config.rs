@@ -11,7 +11,7 @@ use netcage::audit::AuditLog;
 use netcage::ca::Ca;
 use netcage::env::{CommandEnv, SealedVar};
 use netcage::policy::Policy;
-use netcage::proxy::{ProxyConfig, SealedValue, parse_resolve};
+use netcage::proxy::{ProxyConfig, ResolvePin, SealedValue, parse_resolve};
 use netcage::token::{self, Key};
 use netcage::{seal, token::KeyError};
 use zeroize::Zeroizing;
@@ -79,10 +79,14 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         problems.push(e);
     }
     let mut resolve = HashMap::new();
+    let mut resolve_ports = HashMap::new();
     for arg in &args.resolve {
         match parse_resolve(arg) {
-            Ok((name, ip)) => {
+            Ok(ResolvePin::Name(name, ip)) => {
                 resolve.insert(name, ip);
+            }
+            Ok(ResolvePin::Port(name, port, addr)) => {
+                resolve_ports.insert((name, port), addr);
             }
             Err(e) => problems.push(e),
         }
@@ -202,6 +206,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             key,
             policy,
             resolve,
+            resolve_ports,
             upstream_cas,
             audit: Arc::new(audit),
             ca: Arc::new(ca),

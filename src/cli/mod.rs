@@ -94,7 +94,8 @@ pub struct PolicyArgs {
     /// Extra CA certificate (PEM) to trust for upstream servers (repeatable)
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
-    /// Pin the upstream address of NAME, like curl's --resolve (repeatable)
+    /// Pin the upstream address of NAME (NAME=IP, like curl's --resolve), or of NAME at one
+    /// port (NAME:PORT=IP:PORT) (repeatable)
     #[arg(long, value_name = "NAME=IP")]
     pub resolve: Vec<String>,
     /// Audit log (JSONL); '-' for stderr [default: <data-dir>/netcage-audit.jsonl]

@@ -64,6 +64,9 @@ pub struct ProxyConfig {
     pub policy: Policy,
     /// `--resolve NAME=IP`: normalized name → address.
     pub resolve: HashMap<String, IpAddr>,
+    /// `--resolve NAME:PORT=IP:PORT`: connections to NAME at PORT go to that address and port
+    /// (a client whose URL has no port, like an SDK's default base URL, reaches a test server).
+    pub resolve_ports: HashMap<(String, u16), SocketAddr>,
     /// Extra roots for upstream servers (`--upstream-ca`).
     pub upstream_cas: Vec<CertificateDer<'static>>,
     pub audit: Arc<AuditLog>,
@@ -202,14 +205,68 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
 }
 
-/// Parses `NAME=IP` as given to `--resolve`.
-pub fn parse_resolve(arg: &str) -> Result<(String, IpAddr), String> {
-    let (name, ip) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("--resolve {arg:?}: use NAME=IP, e.g. api.github.com=127.0.0.1"))?;
+/// One `--resolve` pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvePin {
+    /// `NAME=IP`: NAME at any port, at IP.
+    Name(String, IpAddr),
+    /// `NAME:PORT=IP:PORT`: NAME at that port only, at that address and port.
+    Port(String, u16, SocketAddr),
+}
+
+/// Parses `NAME=IP` or `NAME:PORT=IP:PORT` (IPv6 as `[::1]:PORT`) as given to `--resolve`.
+pub fn parse_resolve(arg: &str) -> Result<ResolvePin, String> {
+    let usage = || {
+        format!(
+            "--resolve {arg:?}: use NAME=IP or NAME:PORT=IP:PORT, e.g. api.github.com=127.0.0.1 or api.openai.com:443=127.0.0.1:8443"
+        )
+    };
+    let (name, to) = arg.split_once('=').ok_or_else(usage)?;
+    if let Some((host, port)) = name.rsplit_once(':') {
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        crate::hosts::validate_pattern(host).map_err(|e| format!("--resolve {arg:?}: {e}"))?;
+        let addr: SocketAddr = to.parse().map_err(|_| {
+            format!("--resolve {arg:?}: {to:?} is not IP:PORT (with a port pin the address needs one too)")
+        })?;
+        return Ok(ResolvePin::Port(crate::hosts::normalize(host), port, addr));
+    }
     crate::hosts::validate_pattern(name).map_err(|e| format!("--resolve {arg:?}: {e}"))?;
-    let ip: IpAddr = crate::hosts::normalize(ip)
+    let ip: IpAddr = crate::hosts::normalize(to)
         .parse()
-        .map_err(|_| format!("--resolve {arg:?}: {ip:?} is not an IP address"))?;
-    Ok((crate::hosts::normalize(name), ip))
+        .map_err(|_| format!("--resolve {arg:?}: {to:?} is not an IP address"))?;
+    Ok(ResolvePin::Name(crate::hosts::normalize(name), ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_pins_parse_with_and_without_a_port() {
+        assert_eq!(
+            parse_resolve("API.github.com=127.0.0.1"),
+            Ok(ResolvePin::Name(
+                "api.github.com".into(),
+                "127.0.0.1".parse().unwrap()
+            ))
+        );
+        assert_eq!(
+            parse_resolve("api.openai.com:443=127.0.0.1:8443"),
+            Ok(ResolvePin::Port(
+                "api.openai.com".into(),
+                443,
+                "127.0.0.1:8443".parse().unwrap()
+            ))
+        );
+        assert!(parse_resolve("x.test:443=[::1]:9").is_ok());
+        for bad in [
+            "x.test",
+            "x.test:443=127.0.0.1",
+            "x.test:http=127.0.0.1:1",
+            "x.test=nope",
+        ] {
+            let e = parse_resolve(bad).unwrap_err();
+            assert!(e.starts_with("--resolve"), "{e}");
+        }
+    }
 }

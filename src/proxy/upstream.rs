@@ -9,19 +9,20 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::Uri;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use rustls::pki_types::CertificateDer;
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::{ProxyConfig, ProxyError};
 use crate::policy::{canonical_ip, is_metadata_ip};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, ProxyBody>;
+pub type HttpClient = Client<HttpsConnector<Pinned>, ProxyBody>;
 
 /// Two pools per proxy thread: one that may speak HTTP/2, and an HTTP/1.1-only one for
 /// `Upgrade` requests. Each thread has its own, so an upstream connection is only ever used by
@@ -53,7 +54,7 @@ impl Upstream {
             extra_roots: cfg.upstream_cas.clone(),
             tls: OnceLock::new(),
             clients: (0..=workers).map(|_| OnceLock::new()).collect(),
-            resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
+            resolver: Resolver::new(&cfg.resolve, &cfg.resolve_ports, &cfg.policy.egress.allow),
         })
     }
 
@@ -84,6 +85,10 @@ impl Upstream {
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(Duration::from_secs(10)));
+            let http = Pinned {
+                http,
+                pins: resolver.port_pins.clone(),
+            };
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
                 .https_or_http()
@@ -124,6 +129,7 @@ fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
 #[derive(Clone)]
 pub struct Resolver {
     pins: Arc<HashMap<String, IpAddr>>,
+    port_pins: Arc<HashMap<(String, u16), SocketAddr>>,
     /// What the policy allows by exact address or name although it is this machine or a
     /// metadata service (`allow = ["169.254.169.254"]`): trusted like a pin.
     trusted: Arc<Trusted>,
@@ -136,7 +142,11 @@ struct Trusted {
 }
 
 impl Resolver {
-    fn new(pins: &HashMap<String, IpAddr>, allow: &[String]) -> Self {
+    fn new(
+        pins: &HashMap<String, IpAddr>,
+        port_pins: &HashMap<(String, u16), SocketAddr>,
+        allow: &[String],
+    ) -> Self {
         let mut trusted = Trusted::default();
         for entry in allow {
             let name = crate::hosts::normalize(entry);
@@ -150,6 +160,7 @@ impl Resolver {
         }
         Resolver {
             pins: Arc::new(pins.clone()),
+            port_pins: Arc::new(port_pins.clone()),
             trusted: Arc::new(trusted),
         }
     }
@@ -237,6 +248,48 @@ fn is_this_machine(ip: IpAddr) -> bool {
         .contains(&ip)
 }
 
+/// The TCP connector with `--resolve NAME:PORT=IP:PORT` pins: a connection for NAME at PORT
+/// goes to the pinned address. Below TLS, so the certificate is still checked for NAME.
+#[derive(Clone)]
+pub struct Pinned {
+    http: HttpConnector<Resolver>,
+    pins: Arc<HashMap<(String, u16), SocketAddr>>,
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for Pinned {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let pinned = uri.host().and_then(|host| {
+            let default = if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            };
+            let key = (
+                crate::hosts::normalize(host),
+                uri.port_u16().unwrap_or(default),
+            );
+            self.pins.get(&key).copied()
+        });
+        let uri = match pinned.map(|addr| format!("http://{addr}").parse::<Uri>()) {
+            Some(Ok(to)) => to,
+            _ => uri,
+        };
+        let connecting = self.http.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
 impl tower_service::Service<Name> for Resolver {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = std::io::Error;
@@ -261,7 +314,7 @@ mod tests {
 
     #[test]
     fn this_machine_and_metadata_need_a_pin_or_an_exact_allow() {
-        let plain = Resolver::new(&HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
         for host in ["127.0.0.1", "[::1]", "169.254.169.254", "fd00:ec2::254"] {
             assert!(plain.refuse_literal(host).is_some(), "{host}");
         }
@@ -269,21 +322,41 @@ mod tests {
         assert!(plain.refuse_literal("api.github.com").is_none());
 
         let allow = ["169.254.169.254".to_owned(), "*.example.com".to_owned()];
-        let allowing = Resolver::new(&HashMap::new(), &allow);
+        let allowing = Resolver::new(&HashMap::new(), &HashMap::new(), &allow);
         assert!(allowing.refuse_literal("169.254.169.254").is_none());
         assert!(allowing.refuse_literal("127.0.0.1").is_some());
 
         let pins = HashMap::from([("127.0.0.1".to_owned(), "127.0.0.1".parse().unwrap())]);
         assert!(
-            Resolver::new(&pins, &[])
+            Resolver::new(&pins, &HashMap::new(), &[])
                 .refuse_literal("127.0.0.1")
                 .is_none()
         );
     }
 
     #[tokio::test]
+    async fn a_port_pin_moves_that_port_only() {
+        use tower_service::Service;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let pins = HashMap::from([(("localhost".to_owned(), 443), to)]);
+        let mut http = HttpConnector::new_with_resolver(Resolver::new(&HashMap::new(), &pins, &[]));
+        http.enforce_http(false);
+        let mut pinned = Pinned {
+            http,
+            pins: Arc::new(pins),
+        };
+        let uri: Uri = "https://LOCALHOST/".parse().unwrap();
+        let (connected, accepted) = tokio::join!(pinned.call(uri), listener.accept());
+        assert!(connected.is_ok() && accepted.is_ok());
+        // Another port of the name is not pinned: it resolves as usual, and loopback is refused.
+        let uri: Uri = "https://localhost:8443/".parse().unwrap();
+        assert!(pinned.call(uri).await.is_err());
+    }
+
+    #[tokio::test]
     async fn numeric_names_for_metadata_addresses_are_refused_after_resolving() {
-        let plain = Resolver::new(&HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
         // getaddrinfo reads each of these as 169.254.169.254 (inet_aton forms); no DNS query.
         for name in [
             "2852039166",
@@ -303,7 +376,11 @@ mod tests {
             assert!(plain.refuse_literal(host).is_some(), "{host}");
         }
         // An exact allow of the address lets every form of it through.
-        let allowing = Resolver::new(&HashMap::new(), &["169.254.169.254".to_owned()]);
+        let allowing = Resolver::new(
+            &HashMap::new(),
+            &HashMap::new(),
+            &["169.254.169.254".to_owned()],
+        );
         for name in ["2852039166", "::ffff:169.254.169.254"] {
             let found = allowing.lookup(name, 80).await.unwrap();
             assert_eq!(
@@ -316,10 +393,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_leading_to_loopback_is_refused_unless_allowed_exactly() {
-        let plain = Resolver::new(&HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
         let err = plain.lookup("localhost", 80).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        let allowing = Resolver::new(&HashMap::new(), &["localhost".to_owned()]);
+        let allowing = Resolver::new(&HashMap::new(), &HashMap::new(), &["localhost".to_owned()]);
         assert!(!allowing.lookup("localhost", 80).await.unwrap().is_empty());
     }
 }

@@ -9,6 +9,8 @@
 //!   HTTP/2 trailers and git's smart-HTTP ref advertisement.
 //! - [`vault`]: [`TestEnv`], a temporary data dir with a `.vault_key`, and an independent
 //!   implementation of the `starpod:v1:` token format (DESIGN §2) to cross-check netcage's.
+//! - [`registry`]: package registries (PyPI, npm, cargo, GOPROXY) and a git repository as
+//!   files the upstream serves under `/files/`, for the client matrix.
 //! - [`process`]: running commands with a time limit and capturing their output.
 //!
 //! Every server binds port 0 on 127.0.0.1; nothing here talks to any other address.
@@ -17,6 +19,7 @@
 pub mod ca;
 pub mod output;
 pub mod process;
+pub mod registry;
 pub mod upstream;
 pub mod vault;
 pub mod ws;

@@ -5,6 +5,9 @@
 //! Dropping the [`Upstream`] stops it.
 //!
 //! # Routes
+//! A `HEAD` request gets the headers of its route's answer (its `Content-Length` included) and
+//! no body.
+//!
 //! | target | response |
 //! |---|---|
 //! | anything else | 200, JSON echo of the request: method, target, version, headers, body_len, body (first 64 KiB, lossy) |
@@ -15,6 +18,7 @@
 //! | `/ws` | WebSocket echo (HTTP/1.1 Upgrade): text, binary and continuation frames come back as sent; ping gets pong; close gets close |
 //! | `/trailers` | a short body then the trailer `grpc-status: 0` (HTTP/2; HTTP/1.1 only with `TE: trailers`) |
 //! | `/git/info/refs?service=git-upload-pack` | git smart-HTTP ref advertisement (one ref, HEAD = [`GIT_HEAD_SHA`]), or 401 with `WWW-Authenticate: Basic realm="x"` when a password is set ([`Upstream::set_git_password`]) and the request's Basic password differs |
+//! | `/files/PATH` | the file PATH under the directory given to [`Upstream::serve_files`] (`PATH/` serves `PATH/index.html`, a name without an extension `NAME/index.json`; the query is ignored), or 401 with `WWW-Authenticate: Basic` unless the request carries the secret: `Authorization: Bearer S`, `Authorization: S`, or S as the Basic password or user |
 //! | `/status/NNN` | that status, with a short text body |
 //! | `/redirect?to=URL` | 302 to URL (taken verbatim, not percent-decoded) |
 //! | `/compressed?coding=C[,C…]&echo=NAME` | the value of request header NAME, encoded with each C in turn (`gzip`, `deflate`, `br`, `zstd`; any other name leaves the bytes as they are) and `Content-Encoding: C[, C…]`, whatever the request's `Accept-Encoding` said |
@@ -175,6 +179,8 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     ws_frames: Mutex<Vec<WsFrame>>,
     git_password: Mutex<Option<String>>,
+    /// `/files/`: the directory served and the secret a request must carry.
+    files: Mutex<Option<(std::path::PathBuf, String)>>,
     connections: AtomicUsize,
 }
 
@@ -279,6 +285,11 @@ impl Upstream {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// Serves `dir` under `/files/` to requests that carry `secret` (see the module docs).
+    pub fn serve_files(&self, dir: &std::path::Path, secret: &str) {
+        *self.state.files.lock().unwrap() = Some((dir.to_owned(), secret.to_owned()));
+    }
+
     /// From now on `/git/info/refs` answers 401 unless the Basic password equals `password`.
     /// (Until this is called, any credentials or none are accepted.)
     pub fn set_git_password(&self, password: &str) {
@@ -370,7 +381,20 @@ async fn handle(
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    Ok(route(&recorded, upgrade, &state))
+    let mut resp = route(&recorded, upgrade, &state);
+    if recorded.method == "HEAD" {
+        // As real servers do: the headers of a GET, no body (hyper's HTTP/2 server would send
+        // one, which a client must treat as a protocol error).
+        let length = resp.body().size_hint().exact();
+        if let Some(length) = length
+            && !resp.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        *resp.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+    }
+    Ok(resp)
 }
 
 /// Reads the whole body into a [`Recorded`] and stores it. If the body ends early (or this
@@ -440,6 +464,7 @@ fn route(rec: &Recorded, upgrade: Option<OnUpgrade>, state: &Arc<State>) -> Resp
         "/git/info/refs" => git_refs(rec, query, state),
         "/redirect" => redirect(query),
         "/compressed" => compressed(rec, query),
+        _ if path.starts_with("/files/") => files(rec, path, state),
         _ => match path.strip_prefix("/status/").and_then(|s| s.parse().ok()) {
             Some(code) => status(code),
             None => echo(rec),
@@ -665,6 +690,48 @@ fn git_refs(rec: &Recorded, query: &str, state: &Arc<State>) -> Response<RespBod
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+fn files(rec: &Recorded, path: &str, state: &Arc<State>) -> Response<RespBody> {
+    let Some((dir, secret)) = state.files.lock().unwrap().clone() else {
+        return text(StatusCode::NOT_FOUND, "no files are served\n");
+    };
+    let auth = rec.header_str("authorization").unwrap_or_default();
+    let basic = rec.basic_credentials();
+    let carried = auth == secret
+        || auth.strip_prefix("Bearer ") == Some(secret.as_str())
+        || basic.is_some_and(|(user, password)| {
+            password == secret.as_bytes() || user == secret.as_bytes()
+        });
+    if !carried {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "credentials required\n");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"files\""),
+        );
+        return resp;
+    }
+    let rel = path.trim_start_matches("/files/");
+    if rel.split('/').any(|part| part == "..") {
+        return text(StatusCode::BAD_REQUEST, "no ..\n");
+    }
+    let mut file = dir.join(rel);
+    if rel.is_empty() || rel.ends_with('/') {
+        file = file.join("index.html");
+    } else if file.is_dir() {
+        file = file.join("index.json");
+    }
+    match std::fs::read(&file) {
+        Ok(data) => {
+            let kind = match data.first() {
+                Some(b'{') => "application/json",
+                Some(b'<') => "text/html",
+                _ => "application/octet-stream",
+            };
+            response(StatusCode::OK, kind, full(data))
+        }
+        Err(_) => text(StatusCode::NOT_FOUND, "no such file\n"),
+    }
 }
 
 /// A git pkt-line: four hex digits of total length, then the payload.

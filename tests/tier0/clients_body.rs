@@ -504,6 +504,31 @@ fn http2_trailers_reach_the_client() {
     assert_eq!(rec.version, Version::HTTP_2);
 }
 
+/// HEAD answers (uv asks for a wheel's size with HEAD) keep their `Content-Length` and carry
+/// no body, over HTTP/2 and HTTP/1.1, with and without a token in the request.
+#[test]
+fn head_requests_get_their_headers() {
+    let fx = Fx::new();
+    let token = fx.token();
+    for version in ["--http2", "--http1.1"] {
+        for auth in ["x: none".to_owned(), format!("Authorization: Bearer {token}")] {
+            let out = fx.curl(
+                &[],
+                &[version, "-sSI", "--fail", "-H", &auth, &fx.url(BOUND, "/big?bytes=1000")],
+            );
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            assert!(
+                out.status.success() && head.contains("content-length: 1000"),
+                "{version} {auth}: {}",
+                describe(&out)
+            );
+        }
+    }
+    let requests = fx.up.wait_for_requests(4, WAIT);
+    assert!(requests.iter().all(|r| r.method == "HEAD"), "{requests:#?}");
+    assert!(requests.iter().any(|r| r.contains(SECRET.as_bytes())));
+}
+
 #[test]
 fn a_64mib_download_arrives_complete() {
     let fx = Fx::new();
