@@ -11,6 +11,7 @@
 //!   implementation of the `starpod:v1:` token format (DESIGN §2) to cross-check netcage's.
 //! - [`registry`]: package registries (PyPI, npm, cargo, GOPROXY) and a git repository as
 //!   files the upstream serves under `/files/`, for the client matrix.
+//! - [`users`]: running netcage as another user (`setpriv`) with a binary that user can reach.
 //! - [`process`]: running commands with a time limit and capturing their output.
 //!
 //! Every server binds port 0 on 127.0.0.1; nothing here talks to any other address.
@@ -21,6 +22,7 @@ pub mod output;
 pub mod process;
 pub mod registry;
 pub mod upstream;
+pub mod users;
 pub mod vault;
 pub mod ws;
 
@@ -35,6 +37,7 @@ pub use process::{KillOnDrop, describe, run_with_stdin, run_with_timeout, wait_u
 pub use upstream::{
     BODY_PREFIX_LIMIT, GIT_HEAD_SHA, Recorded, Upstream, WsFrame, pattern, pattern_sha256,
 };
+pub use users::{as_uid, bin_for_others};
 pub use vault::{TestEnv, seal_with_key, unseal_with_key};
 
 /// The netcage binary built for these tests.
