@@ -10,7 +10,8 @@
 //! service.rs   one HTTP request: the pipeline of the stages below, in order
 //! stages/      host.rs (host decision, egress policy), head.rs (guard, tokens in headers and
 //!              target), request_body.rs, reflect.rs (the connection's substituted values),
-//!              send.rs (the upstream call), upgrade.rs (after a 101), response.rs (redaction)
+//!              send.rs (the upstream call), upgrade.rs (after a 101), websocket.rs (messages
+//!              after a WebSocket 101), response.rs (redaction)
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor

@@ -1,6 +1,7 @@
 //! One HTTP request through the proxy, as a pipeline of the stages in `stages/`: the host
 //! decision, the head (leak guard, tokens in headers and target), the body, the upstream call,
-//! then either the upgrade or the response with real values turned back into tokens.
+//! then either the upgrade (WebSocket messages checked like bodies) or the response with real
+//! values turned back into tokens.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use hyper::body::Incoming;
 
 use super::body::{self, Audited, ProxyBody};
 use super::decide::Decider;
-use super::stages::{Checks, Stop, head, host, reflect, request_body, response, send, upgrade};
+use super::stages::{
+    Checks, Stop, head, host, reflect, request_body, response, send, upgrade, websocket,
+};
 use super::{ConnInfo, Proxy};
 use crate::audit::Event;
 
@@ -84,7 +87,9 @@ async fn forward(
         bytes_up: outgoing.bytes_up,
         decider: checks.decider.clone(),
     };
-    if upgrade::switch(&mut resp, &mut client_upgrade) {
+    let session =
+        || websocket::Session::new(proxy.clone(), &dest.name, conn.tls, reflect.clone(), event);
+    if upgrade::switch(&mut resp, &mut client_upgrade, session) {
         let (parts, _) = resp.into_parts();
         return Ok(audit.wrap(parts, body::empty(), event));
     }

@@ -9,6 +9,7 @@
 //! reflect.rs       the connection's substituted values, which responses must not show
 //! send.rs          the upstream call: hop-by-hop headers, URI, protocol, timeouts, failures
 //! upgrade.rs       after a 101: the two upgraded connections are joined (WebSocket or bytes)
+//! websocket.rs     WebSocket messages: tokens substituted going out, values redacted coming back
 //! response.rs      the response on its way back: headers and body through the redactor
 //! hop.rs           hop-by-hop headers, removed on both ways
 //! ```
@@ -21,6 +22,7 @@ pub(super) mod request_body;
 pub(super) mod response;
 pub(super) mod send;
 pub(super) mod upgrade;
+pub(super) mod websocket;
 
 use std::sync::Arc;
 

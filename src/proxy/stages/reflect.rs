@@ -42,3 +42,10 @@ pub(in crate::proxy) fn learn(reflect: &ReflectSet, decider: &Decider) -> Option
     }
     set.compiled.as_ref().map(RedactSet::redactor)
 }
+
+/// The redactor for everything substituted on the connection so far (`None` while nothing
+/// was).
+pub(in crate::proxy) fn current(reflect: &ReflectSet) -> Option<Redactor> {
+    let set = reflect.lock().unwrap_or_else(|p| p.into_inner());
+    set.compiled.as_ref().map(RedactSet::redactor)
+}
