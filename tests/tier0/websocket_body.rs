@@ -9,6 +9,8 @@ const WS_PRELUDE: &str = r#"
 import json, os, struct, sys, websocket
 from websocket import ABNF
 url, token = sys.argv[1], sys.argv[2]
+# Tier 0 sets https_proxy (websocket-client takes it); Tier 1 intercepts without it.
+assert bool(os.environ.get("https_proxy")) == (os.environ["NETCAGE_TEST_TIER"] == "env")
 ws = websocket.create_connection(url, timeout=20,
     header=["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
     sslopt={"ca_certs": os.environ["SSL_CERT_FILE"]})

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -137,10 +137,46 @@ impl Session {
     }
 }
 
-type Sink<S> = Mutex<SplitSink<WebSocketStream<S>, Message>>;
+/// The two sides' sending halves, and the note that a close frame has gone either way.
+struct Sides<C, U> {
+    to_client: Mutex<SplitSink<WebSocketStream<C>, Message>>,
+    to_upstream: Mutex<SplitSink<WebSocketStream<U>, Message>>,
+    closing: Notify,
+}
+
+impl<C, U> Sides<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Sends to the client; false if it cannot take more (closed or gone). After netcage has
+    /// closed the client, tungstenite refuses further messages: nothing more goes.
+    async fn to_client(&self, message: Message) -> bool {
+        self.note_close(&message);
+        self.to_client.lock().await.send(message).await.is_ok()
+    }
+
+    async fn to_upstream(&self, message: Message) -> bool {
+        self.note_close(&message);
+        self.to_upstream.lock().await.send(message).await.is_ok()
+    }
+
+    /// netcage ends the connection: both sides get `code`.
+    async fn close_both(&self, code: CloseCode, reason: &str) {
+        self.to_upstream(close(code, reason)).await;
+        self.to_client(close(code, reason)).await;
+    }
+
+    fn note_close(&self, message: &Message) {
+        if matches!(message, Message::Close(_)) {
+            self.closing.notify_one();
+        }
+    }
+}
 
 /// Relays WebSocket messages between the client's and the server's upgraded connections
-/// until both are closed (or one side has ended and the other had [`CLOSE_GRACE`]).
+/// until both are closed, or [`CLOSE_GRACE`] after one side ended or a close frame went either
+/// way, whichever comes first.
 pub(in crate::proxy) async fn relay<C, U>(client: C, upstream: U, session: Session)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -154,13 +190,22 @@ where
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
     let (to_client, from_client) = client.split();
     let (to_upstream, from_upstream) = upstream.split();
-    let (to_client, to_upstream) = (Mutex::new(to_client), Mutex::new(to_upstream));
-    let out = outgoing(&session, from_client, &to_client, &to_upstream);
-    let back = incoming(&session, from_upstream, &to_client, &to_upstream);
-    tokio::pin!(out, back);
+    let sides = Sides {
+        to_client: Mutex::new(to_client),
+        to_upstream: Mutex::new(to_upstream),
+        closing: Notify::new(),
+    };
+    let out = outgoing(&session, from_client, &sides);
+    let back = incoming(&session, from_upstream, &sides);
+    let closed = async {
+        sides.closing.notified().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::pin!(out, back, closed);
     tokio::select! {
         () = &mut out => { let _ = tokio::time::timeout(CLOSE_GRACE, back).await; }
         () = &mut back => { let _ = tokio::time::timeout(CLOSE_GRACE, out).await; }
+        () = &mut closed => {}
     }
 }
 
@@ -168,8 +213,7 @@ where
 async fn outgoing<C, U>(
     session: &Session,
     mut from_client: SplitStream<WebSocketStream<C>>,
-    to_client: &Sink<C>,
-    to_upstream: &Sink<U>,
+    sides: &Sides<C, U>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -181,7 +225,9 @@ async fn outgoing<C, U>(
         let message = match next {
             Ok(message) => message,
             Err(e) => {
-                end(&e, to_client, to_upstream, session).await;
+                let (code, reason) = failure(&e, session);
+                sides.to_client(close(code, &reason)).await;
+                sides.to_upstream(close(code, &reason)).await;
                 return;
             }
         };
@@ -197,7 +243,7 @@ async fn outgoing<C, U>(
                 .map(|out| Ok(Message::Binary(out))),
             Message::Close(frame) => {
                 // tungstenite has answered the client; the server gets the same close.
-                let _ = to_upstream.lock().await.send(Message::Close(frame)).await;
+                sides.to_upstream(Message::Close(frame)).await;
                 continue;
             }
             control @ (Message::Ping(_) | Message::Pong(_)) => Ok(Ok(control)),
@@ -205,12 +251,12 @@ async fn outgoing<C, U>(
         };
         match checked {
             Ok(Ok(message)) => {
-                if to_upstream.lock().await.send(message).await.is_err() {
+                if !sides.to_upstream(message).await {
                     return;
                 }
             }
             Ok(Err(_)) => {
-                close_both(to_client, to_upstream, CloseCode::Error, NOT_TEXT).await;
+                sides.close_both(CloseCode::Error, NOT_TEXT).await;
                 closed = true;
             }
             Err(block) => {
@@ -218,25 +264,20 @@ async fn outgoing<C, U>(
                     "netcage blocked a message: its secret {} may not go to this host",
                     block.fingerprint
                 );
-                close_both(to_client, to_upstream, CloseCode::Policy, &reason).await;
+                sides.close_both(CloseCode::Policy, &reason).await;
                 closed = true;
             }
         }
     }
-    // The client went away without a close frame.
-    let _ = to_upstream
-        .lock()
-        .await
-        .send(close(CloseCode::Away, ""))
-        .await;
+    // The client went away (without a close frame, unless it sent one before).
+    sides.to_upstream(close(CloseCode::Away, "")).await;
 }
 
 /// Server → client: each message through the redactor.
 async fn incoming<C, U>(
     session: &Session,
     mut from_upstream: SplitStream<WebSocketStream<U>>,
-    to_client: &Sink<C>,
-    to_upstream: &Sink<U>,
+    sides: &Sides<C, U>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -245,7 +286,9 @@ async fn incoming<C, U>(
         let message = match next {
             Ok(message) => message,
             Err(e) => {
-                end(&e, to_upstream, to_client, session).await;
+                let (code, reason) = failure(&e, session);
+                sides.to_upstream(close(code, &reason)).await;
+                sides.to_client(close(code, &reason)).await;
                 return;
             }
         };
@@ -253,7 +296,7 @@ async fn incoming<C, U>(
             Message::Text(text) => match Utf8Bytes::try_from(session.redact(Bytes::from(text))) {
                 Ok(text) => Message::Text(text),
                 Err(_) => {
-                    close_both(to_client, to_upstream, CloseCode::Error, NOT_TEXT).await;
+                    sides.close_both(CloseCode::Error, NOT_TEXT).await;
                     continue;
                 }
             },
@@ -266,25 +309,17 @@ async fn incoming<C, U>(
             })),
             Message::Frame(_) => continue,
         };
-        // A send after netcage closed the client is refused by tungstenite: nothing goes.
-        let _ = to_client.lock().await.send(message).await;
+        sides.to_client(message).await;
     }
-    // The server went away without a close frame.
-    let _ = to_client
-        .lock()
-        .await
-        .send(close(CloseCode::Away, ""))
-        .await;
+    // The server went away (without a close frame, unless it sent one before).
+    sides.to_client(close(CloseCode::Away, "")).await;
 }
 
-/// A side failed (`e` from reading it): it gets the close code for what it did, if any, and the
-/// other side is closed too.
-async fn end<A, B>(e: &WsError, failed: &Sink<A>, other: &Sink<B>, session: &Session)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (code, reason) = match e {
+/// The close code and reason for a side whose read failed with `e`: 1009 for a message over
+/// the limit, 1007 for text that is not UTF-8, 1002 for a protocol error, 1001 when the
+/// connection itself failed (then nothing can be sent on it, and the other side gets 1001).
+fn failure(e: &WsError, session: &Session) -> (CloseCode, String) {
+    match e {
         WsError::Capacity(_) => (
             CloseCode::Size,
             format!(
@@ -297,23 +332,8 @@ where
             CloseCode::Protocol,
             "netcage: WebSocket protocol error".to_owned(),
         ),
-        // The connection itself failed: nothing more can be sent on it.
-        _ => {
-            let _ = other.lock().await.send(close(CloseCode::Away, "")).await;
-            return;
-        }
-    };
-    let _ = failed.lock().await.send(close(code, &reason)).await;
-    let _ = other.lock().await.send(close(code, &reason)).await;
-}
-
-async fn close_both<C, U>(to_client: &Sink<C>, to_upstream: &Sink<U>, code: CloseCode, reason: &str)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = to_upstream.lock().await.send(close(code, reason)).await;
-    let _ = to_client.lock().await.send(close(code, reason)).await;
+        _ => (CloseCode::Away, String::new()),
+    }
 }
 
 fn close(code: CloseCode, reason: &str) -> Message {
