@@ -613,6 +613,22 @@ tcp = ["github.com:22"]"#,
             problems.iter().any(|e| e.contains("h2_max_streams")),
             "{problems:?}"
         );
+        assert_eq!(Policy::default().limits.websocket_message_mib, 16);
+        assert!(
+            policy("[limits]\nwebsocket_message_mib = 1\n")
+                .problems()
+                .is_empty()
+        );
+        for bad in [0, 1025] {
+            let p = policy(&format!("[limits]\nwebsocket_message_mib = {bad}\n"));
+            let problems = p.problems();
+            assert!(
+                problems
+                    .iter()
+                    .any(|e| e.contains("websocket_message_mib") && e.contains("1 to 1024")),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

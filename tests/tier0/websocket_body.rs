@@ -238,3 +238,36 @@ print(json.dumps(out))
     assert_eq!(data.len(), 1, "{messages:#?}");
     assert_eq!(data[0].payload, b"small");
 }
+
+#[test]
+fn a_websocket_message_with_a_guarded_real_value_for_another_host_closes_with_1008() {
+    let fx = Fx::new();
+    let script = format!(
+        "{WS_PRELUDE}{}",
+        r#"
+# `token` is the real value here: it reached the command by accident.
+send_in_frames("value: " + token + " end", [12])
+closed, seen = until(ABNF.OPCODE_CLOSE)
+print(json.dumps({"close": close_code(closed), "seen": seen}))
+"#
+    );
+    let url = format!("wss://{OTHER}:{}/ws/messages", fx.up.port());
+    let mut cmd = fx.run_cmd(
+        &["--seal", "TIER0_TOKEN=api.github.com"],
+        &["python3", "-c", &script, &url, SECRET],
+    );
+    cmd.env("TIER0_TOKEN", SECRET);
+    let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+    let result = stdout_json(&out);
+    assert_eq!(result, json!({"close": 1008, "seen": []}), "{}", describe(&out));
+    let messages = fx.up.wait_for_ws_message(WAIT, |m| m.close_code() == Some(1008));
+    assert!(data_messages(&fx).is_empty(), "{messages:#?}");
+    for m in &messages {
+        assert!(!contains(&m.payload, SECRET.as_bytes()), "{m:#?}");
+    }
+    let line = fx.wait_audit("the guarded value in a WebSocket message", |l| {
+        field(l, "kind") == "websocket" && field(l, "decision") == "block"
+    });
+    assert_eq!(line["host"], OTHER, "{line}");
+    assert_eq!(line["tokens"][0]["where"], "websocket:text", "{line}");
+}
