@@ -13,7 +13,7 @@
 //! | `/sleep?ms=N` | the echo, after N ms without a word |
 //! | `/big?bytes=N[&chunked=1]` | N bytes of [`pattern`], streamed (with `Content-Length` unless `chunked=1`) |
 //! | `/ws` | WebSocket echo (HTTP/1.1 Upgrade): text, binary and continuation frames come back as sent; ping gets pong; close gets close |
-//! | `/ws/messages[?echo_frames=N]` | WebSocket that records every message it receives, reassembled ([`Upstream::ws_messages`]: data, ping, pong, close) and echoes each data message whole, in N frames (default 1); ping gets pong; the text `ping me` also gets a ping `srv-ping`; close gets close |
+//! | `/ws/messages[?echo_frames=N]` | WebSocket that records every message it receives, reassembled ([`Upstream::ws_messages`]: data, ping, pong, close) and echoes each data message whole, in N frames (default 1); ping gets pong; the text `ping me` also gets a ping `srv-ping`; the text `close me` gets a close (4000, `server bye`) instead of its echo; close gets close |
 //! | `/trailers` | a short body then the trailer `grpc-status: 0` (HTTP/2; HTTP/1.1 only with `TE: trailers`) |
 //! | `/git/info/refs?service=git-upload-pack` | git smart-HTTP ref advertisement (one ref, HEAD = [`GIT_HEAD_SHA`]), or 401 with `WWW-Authenticate: Basic realm="x"` when a password is set ([`Upstream::set_git_password`]) and the request's Basic password differs |
 //! | `/status/NNN` | that status, with a short text body |
@@ -699,6 +699,8 @@ async fn record_websocket(upgrade: OnUpgrade, state: Arc<State>, frames: usize) 
     let mut io = TokioIo::new(upgraded);
     // A data message being reassembled: (opcode, payload, frames so far).
     let mut partial: Option<(u8, Vec<u8>, usize)> = None;
+    // Set once this side has sent its close (`close me`): the client's close then ends it.
+    let mut closing = false;
     while let Some(frame) = ws::read_frame(&mut io).await {
         let record = |opcode, payload: &[u8], frames| {
             state.ws_messages.lock().unwrap().push(WsMessage {
@@ -710,7 +712,9 @@ async fn record_websocket(upgrade: OnUpgrade, state: Arc<State>, frames: usize) 
         let sent = match frame.opcode {
             ws::OP_CLOSE => {
                 record(ws::OP_CLOSE, &frame.payload, 1);
-                let _ = ws::write_frame(&mut io, true, ws::OP_CLOSE, &frame.payload).await;
+                if !closing {
+                    let _ = ws::write_frame(&mut io, true, ws::OP_CLOSE, &frame.payload).await;
+                }
                 break;
             }
             ws::OP_PING => {
@@ -734,11 +738,17 @@ async fn record_websocket(upgrade: OnUpgrade, state: Arc<State>, frames: usize) 
                     continue;
                 }
                 record(opcode, &payload, count + 1);
-                let mut sent = echo_in_frames(&mut io, opcode, &payload, frames).await;
-                if sent.is_ok() && opcode == ws::OP_TEXT && payload == b"ping me" {
-                    sent = ws::write_frame(&mut io, true, ws::OP_PING, b"srv-ping").await;
+                if opcode == ws::OP_TEXT && payload == b"close me" {
+                    closing = true;
+                    let close = [&4000u16.to_be_bytes()[..], b"server bye"].concat();
+                    ws::write_frame(&mut io, true, ws::OP_CLOSE, &close).await
+                } else {
+                    let mut sent = echo_in_frames(&mut io, opcode, &payload, frames).await;
+                    if sent.is_ok() && opcode == ws::OP_TEXT && payload == b"ping me" {
+                        sent = ws::write_frame(&mut io, true, ws::OP_PING, b"srv-ping").await;
+                    }
+                    sent
                 }
-                sent
             }
             _ => break,
         };

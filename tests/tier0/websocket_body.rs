@@ -271,3 +271,44 @@ print(json.dumps({"close": close_code(closed), "seen": seen}))
     assert_eq!(line["host"], OTHER, "{line}");
     assert_eq!(line["tokens"][0]["where"], "websocket:text", "{line}");
 }
+
+#[test]
+fn strip_mode_takes_another_hosts_token_out_of_a_websocket_message_and_server_closes_pass() {
+    let fx = Fx::new();
+    let policy = fx.env.path("ws-strip.toml");
+    std::fs::write(&policy, "[secrets]\non_host_mismatch = \"strip\"\n").unwrap();
+    let script = format!(
+        "{WS_PRELUDE}{}",
+        r#"
+out = {}
+ws.send("a " + token + " b")
+out["echo"] = ws.recv()
+# The server closes with its own code and reason: they reach the command.
+ws.send("close me")
+closed, seen = until(ABNF.OPCODE_CLOSE)
+out["close"] = close_code(closed)
+out["reason"] = closed.data[2:].decode()
+print(json.dumps(out))
+"#
+    );
+    let other = fx.env.seal("other-host-secret-value-77", &[OTHER]);
+    let url = ws_messages_url(&fx, "");
+    let out = fx.python(&["--policy", policy.to_str().unwrap()], &script, &[&url, &other]);
+    let result = stdout_json(&out);
+    assert_eq!(
+        result,
+        json!({"echo": "a  b", "close": 4000, "reason": "server bye"}),
+        "{}",
+        describe(&out)
+    );
+    fx.up.wait_for_ws_message(WAIT, |m| m.opcode == common::ws::OP_CLOSE);
+    let data = data_messages(&fx);
+    assert_eq!(data.len(), 2, "{data:#?}");
+    assert_eq!(data[0].payload, b"a  b");
+    assert_eq!(data[1].payload, b"close me");
+    let line = fx.wait_audit("the stripped WebSocket token", |l| {
+        field(l, "kind") == "websocket"
+    });
+    assert_eq!(field(&line, "decision"), "allow", "{line}");
+    assert_eq!(line["tokens"][0]["action"], "strip", "{line}");
+}
