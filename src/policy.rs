@@ -97,6 +97,9 @@ pub struct Limits {
     pub connections_per_exec: u32,
     /// DNS queries per second of one sandbox (a burst of as many is allowed).
     pub dns_queries_per_sec: u32,
+    /// The largest WebSocket message (reassembled from its frames), either way; a larger one
+    /// closes the connection with 1009.
+    pub websocket_message_mib: u64,
 }
 
 impl Default for Limits {
@@ -113,6 +116,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             connections_per_exec: 1024,
             dns_queries_per_sec: 500,
+            websocket_message_mib: 16,
         }
     }
 }
@@ -145,6 +149,12 @@ impl Limits {
             if v == 0 {
                 out.push(format!("limits.{key} = 0: give a number above 0"));
             }
+        }
+        if !(1..=1024).contains(&self.websocket_message_mib) {
+            out.push(format!(
+                "limits.websocket_message_mib = {}: give MiB from 1 to 1024",
+                self.websocket_message_mib
+            ));
         }
         out
     }
@@ -603,6 +613,22 @@ tcp = ["github.com:22"]"#,
             problems.iter().any(|e| e.contains("h2_max_streams")),
             "{problems:?}"
         );
+        assert_eq!(Policy::default().limits.websocket_message_mib, 16);
+        assert!(
+            policy("[limits]\nwebsocket_message_mib = 1\n")
+                .problems()
+                .is_empty()
+        );
+        for bad in [0, 1025] {
+            let p = policy(&format!("[limits]\nwebsocket_message_mib = {bad}\n"));
+            let problems = p.problems();
+            assert!(
+                problems
+                    .iter()
+                    .any(|e| e.contains("websocket_message_mib") && e.contains("1 to 1024")),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

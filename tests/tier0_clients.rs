@@ -8,3 +8,4 @@ mod tier0;
 const TIER: &str = "env";
 
 include!("tier0/clients_body.rs");
+include!("tier0/websocket_body.rs");

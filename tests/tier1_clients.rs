@@ -7,3 +7,4 @@ mod tier0;
 const TIER: &str = "netns";
 
 include!("tier0/clients_body.rs");
+include!("tier0/websocket_body.rs");

@@ -7,7 +7,11 @@
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
 //! quota.rs     what one command may take: connections per exec, the DNS query rate
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
-//! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
+//! service.rs   one HTTP request: the pipeline of the stages below, in order
+//! stages/      host.rs (host decision, egress policy), head.rs (guard, tokens in headers and
+//!              target), request_body.rs, reflect.rs (the connection's substituted values),
+//!              send.rs (the upstream call), upgrade.rs (after a 101), websocket.rs (messages
+//!              after a WebSocket 101), response.rs (redaction)
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
@@ -31,6 +35,7 @@ mod io;
 mod quota;
 mod respond;
 mod service;
+mod stages;
 pub(crate) mod timeouts;
 mod tls;
 mod transparent;

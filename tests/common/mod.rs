@@ -35,7 +35,8 @@ pub use ca::TestCa;
 pub use output::{field, hex, pct, stdout_json, stdout_str, succeeded};
 pub use process::{KillOnDrop, describe, run_with_stdin, run_with_timeout, wait_until};
 pub use upstream::{
-    BODY_PREFIX_LIMIT, GIT_HEAD_SHA, Recorded, Upstream, WsFrame, pattern, pattern_sha256,
+    BODY_PREFIX_LIMIT, GIT_HEAD_SHA, Recorded, Upstream, WsFrame, WsMessage, pattern,
+    pattern_sha256,
 };
 pub use users::{as_uid, bin_for_others};
 pub use vault::{TestEnv, seal_with_key, unseal_with_key};

@@ -16,6 +16,7 @@
 //! | `/sleep?ms=N` | the echo, after N ms without a word |
 //! | `/big?bytes=N[&chunked=1]` | N bytes of [`pattern`], streamed (with `Content-Length` unless `chunked=1`) |
 //! | `/ws` | WebSocket echo (HTTP/1.1 Upgrade): text, binary and continuation frames come back as sent; ping gets pong; close gets close |
+//! | `/ws/messages[?echo_frames=N]` | WebSocket that records every message it receives, reassembled ([`Upstream::ws_messages`]: data, ping, pong, close) and echoes each data message whole, in N frames (default 1); ping gets pong; the text `ping me` also gets a ping `srv-ping`; the text `close me` gets a close (4000, `server bye`) instead of its echo; close gets close |
 //! | `/trailers` | a short body then the trailer `grpc-status: 0` (HTTP/2; HTTP/1.1 only with `TE: trailers`) |
 //! | `/git/info/refs?service=git-upload-pack` | git smart-HTTP ref advertisement (one ref, HEAD = [`GIT_HEAD_SHA`]), or 401 with `WWW-Authenticate: Basic realm="x"` when a password is set ([`Upstream::set_git_password`]) and the request's Basic password differs |
 //! | `/files/PATH` | the file PATH under the directory given to [`Upstream::serve_files`] (`PATH/` serves `PATH/index.html`, a name without an extension `NAME/index.json`; the query is ignored), or 401 with `WWW-Authenticate: Basic` unless the request carries the secret: `Authorization: Bearer S`, `Authorization: S`, or S as the Basic password or user |
@@ -173,11 +174,32 @@ pub struct WsFrame {
     pub payload: Vec<u8>,
 }
 
+/// One WebSocket message `/ws/messages` received: a data message reassembled from its frames,
+/// or a control frame.
+#[derive(Clone, Debug)]
+pub struct WsMessage {
+    /// Its first frame's opcode: [`ws::OP_TEXT`], [`ws::OP_BINARY`], [`ws::OP_PING`],
+    /// [`ws::OP_PONG`] or [`ws::OP_CLOSE`].
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+    /// How many frames it came in.
+    pub frames: usize,
+}
+
+impl WsMessage {
+    /// A close frame's status code.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == ws::OP_CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
 /// What the server shares between its connections and the test.
 #[derive(Default)]
 struct State {
     requests: Mutex<Vec<Recorded>>,
     ws_frames: Mutex<Vec<WsFrame>>,
+    ws_messages: Mutex<Vec<WsMessage>>,
     git_password: Mutex<Option<String>>,
     /// `/files/`: the directory served and the secret a request must carry.
     files: Mutex<Option<(std::path::PathBuf, String)>>,
@@ -273,6 +295,33 @@ impl Upstream {
     pub fn clear(&self) {
         self.state.requests.lock().unwrap().clear();
         self.state.ws_frames.lock().unwrap().clear();
+        self.state.ws_messages.lock().unwrap().clear();
+    }
+
+    /// WebSocket messages received by `/ws/messages`, in order.
+    pub fn ws_messages(&self) -> Vec<WsMessage> {
+        self.state.ws_messages.lock().unwrap().clone()
+    }
+
+    /// Waits until a recorded `/ws/messages` message satisfies `pred`; returns them all.
+    /// Panics after `timeout`.
+    pub fn wait_for_ws_message(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&WsMessage) -> bool,
+    ) -> Vec<WsMessage> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.ws_messages();
+            if messages.iter().any(&pred) {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such WebSocket message within {timeout:?}; received: {messages:#?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// WebSocket data frames received by `/ws`, in order.
@@ -459,7 +508,11 @@ fn route(rec: &Recorded, upgrade: Option<OnUpgrade>, state: &Arc<State>) -> Resp
         "/sse" => sse(query),
         "/silent" => silent(),
         "/big" => big(query),
-        "/ws" => websocket(rec, upgrade, state),
+        "/ws" => websocket(rec, upgrade, state, Echo::Frames),
+        "/ws/messages" => {
+            let frames = query_param(query, "echo_frames").and_then(|n| n.parse().ok());
+            websocket(rec, upgrade, state, Echo::Messages(frames.unwrap_or(1)))
+        }
         "/trailers" => trailers(),
         "/git/info/refs" => git_refs(rec, query, state),
         "/redirect" => redirect(query),
@@ -594,13 +647,32 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// What a WebSocket route does with what it receives.
+#[derive(Clone, Copy)]
+enum Echo {
+    /// `/ws`: each data frame back as it came, recorded as a frame.
+    Frames,
+    /// `/ws/messages`: each message recorded whole, data messages echoed in this many frames.
+    Messages(usize),
+}
+
 /// 101 Switching Protocols, then echo frames on the upgraded connection.
-fn websocket(rec: &Recorded, upgrade: Option<OnUpgrade>, state: &Arc<State>) -> Response<RespBody> {
+fn websocket(
+    rec: &Recorded,
+    upgrade: Option<OnUpgrade>,
+    state: &Arc<State>,
+    echo: Echo,
+) -> Response<RespBody> {
     let (Some(upgrade), Some(key)) = (upgrade, rec.header("sec-websocket-key")) else {
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     };
     let accept = ws::accept_key(key);
-    tokio::spawn(echo_websocket(upgrade, Arc::clone(state)));
+    match echo {
+        Echo::Frames => tokio::spawn(echo_websocket(upgrade, Arc::clone(state))),
+        Echo::Messages(frames) => {
+            tokio::spawn(record_websocket(upgrade, Arc::clone(state), frames))
+        }
+    };
     let mut resp = Response::new(Empty::new().boxed());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();
@@ -642,6 +714,94 @@ async fn echo_websocket(upgrade: OnUpgrade, state: Arc<State>) {
         }
     }
     let _ = io.shutdown().await;
+}
+
+/// `/ws/messages`: records each message whole, echoes data messages in `frames` frames.
+async fn record_websocket(upgrade: OnUpgrade, state: Arc<State>, frames: usize) {
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let mut io = TokioIo::new(upgraded);
+    // A data message being reassembled: (opcode, payload, frames so far).
+    let mut partial: Option<(u8, Vec<u8>, usize)> = None;
+    // Set once this side has sent its close (`close me`): the client's close then ends it.
+    let mut closing = false;
+    while let Some(frame) = ws::read_frame(&mut io).await {
+        let record = |opcode, payload: &[u8], frames| {
+            state.ws_messages.lock().unwrap().push(WsMessage {
+                opcode,
+                payload: payload.to_vec(),
+                frames,
+            });
+        };
+        let sent = match frame.opcode {
+            ws::OP_CLOSE => {
+                record(ws::OP_CLOSE, &frame.payload, 1);
+                if !closing {
+                    let _ = ws::write_frame(&mut io, true, ws::OP_CLOSE, &frame.payload).await;
+                }
+                break;
+            }
+            ws::OP_PING => {
+                record(ws::OP_PING, &frame.payload, 1);
+                ws::write_frame(&mut io, true, ws::OP_PONG, &frame.payload).await
+            }
+            ws::OP_PONG => {
+                record(ws::OP_PONG, &frame.payload, 1);
+                Ok(())
+            }
+            ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONTINUATION => {
+                let (opcode, mut payload, count) = match partial.take() {
+                    Some(p) if frame.opcode == ws::OP_CONTINUATION => p,
+                    Some(_) => break, // a new message inside a fragmented one
+                    None if frame.opcode == ws::OP_CONTINUATION => break,
+                    None => (frame.opcode, Vec::new(), 0),
+                };
+                payload.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    partial = Some((opcode, payload, count + 1));
+                    continue;
+                }
+                record(opcode, &payload, count + 1);
+                if opcode == ws::OP_TEXT && payload == b"close me" {
+                    closing = true;
+                    let close = [&4000u16.to_be_bytes()[..], b"server bye"].concat();
+                    ws::write_frame(&mut io, true, ws::OP_CLOSE, &close).await
+                } else {
+                    let mut sent = echo_in_frames(&mut io, opcode, &payload, frames).await;
+                    if sent.is_ok() && opcode == ws::OP_TEXT && payload == b"ping me" {
+                        sent = ws::write_frame(&mut io, true, ws::OP_PING, b"srv-ping").await;
+                    }
+                    sent
+                }
+            }
+            _ => break,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+/// Writes one data message as `frames` frames (at least one).
+async fn echo_in_frames<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    opcode: u8,
+    payload: &[u8],
+    frames: usize,
+) -> std::io::Result<()> {
+    let size = payload.len().div_ceil(frames.max(1)).max(1);
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![payload]
+    } else {
+        payload.chunks(size).collect()
+    };
+    for (i, chunk) in chunks.iter().enumerate() {
+        let op = if i == 0 { opcode } else { ws::OP_CONTINUATION };
+        ws::write_frame(io, i + 1 == chunks.len(), op, chunk).await?;
+    }
+    Ok(())
 }
 
 /// A short body followed by the trailer `grpc-status: 0`.
