@@ -1,10 +1,12 @@
 //! Property tests (see `crate::fuzz`) for what the proxy parses from a command: the DNS
 //! resolver's query handling and the TLS ClientHello read before interception. Arbitrary bytes
 //! and mutated valid messages; no panic, bounded replies, and nothing but the synthetic range
-//! handed out. (The response decoders' targets are in decode_tests.rs.)
+//! handed out; and WebSocket traffic from the client through the message relay, bounded in
+//! what it sends on. (The response decoders' targets are in decode_tests.rs.)
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -262,6 +264,173 @@ fn tls_client_hello_on_mutated_hellos() {
             let answer = intercept(valid)?;
             prop_assert_eq!(answer.get(..2), Some(&[0x16u8, 0x03][..]));
             intercept(input).map(drop)
+        },
+    );
+}
+
+/// One proxy for the WebSocket targets: default policy, a fresh key, no audit log.
+fn ws_proxy() -> Arc<super::Proxy> {
+    static PROXY: OnceLock<Arc<super::Proxy>> = OnceLock::new();
+    PROXY
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = crate::ca::Ca::load_or_create(dir.path()).unwrap();
+            std::mem::forget(dir);
+            let cfg = super::ProxyConfig {
+                key: crate::token::Key::generate(),
+                policy: crate::policy::Policy::default(),
+                resolve: Default::default(),
+                resolve_ports: Default::default(),
+                upstream_cas: Vec::new(),
+                audit: Arc::new(crate::audit::AuditLog::disabled()),
+                ca: Arc::new(ca),
+                sealed: Vec::new(),
+            };
+            super::Proxy::new(cfg).unwrap()
+        })
+        .clone()
+}
+
+/// A masked client frame (RFC 6455 §5.2): `fin`, `opcode`, a payload of at most 125 bytes.
+fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![
+        u8::from(fin) << 7 | opcode,
+        0x80 | payload.len().min(125) as u8,
+    ];
+    f.extend(mask);
+    f.extend(
+        payload[..payload.len().min(125)]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4]),
+    );
+    f
+}
+
+/// Valid client traffic: text and binary messages, some cut into continuation frames, pings,
+/// a close at the end.
+fn ws_client_traffic() -> impl Strategy<Value = Vec<u8>> {
+    let message = (
+        prop::bool::ANY,
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..4),
+        any::<[u8; 4]>(),
+    );
+    prop::collection::vec(message, 0..6).prop_map(|messages| {
+        let mut out = Vec::new();
+        for (text, parts, mask) in messages {
+            let n = parts.len();
+            for (i, part) in parts.iter().enumerate() {
+                let opcode = match (i, text) {
+                    (0, true) => 0x1,
+                    (0, false) => 0x2,
+                    _ => 0x0,
+                };
+                // Text frames carry ASCII, so most messages are valid UTF-8.
+                let payload: Vec<u8> = if text {
+                    part.iter().map(|b| b'a' + b % 26).collect()
+                } else {
+                    part.clone()
+                };
+                out.extend(client_frame(i + 1 == n, opcode, &payload, mask));
+            }
+            out.extend(client_frame(true, 0x9, b"ping", mask));
+        }
+        out.extend(client_frame(true, 0x8, &[0x03, 0xe8], [1, 2, 3, 4]));
+        out
+    })
+}
+
+/// Feeds `from_client` to the WebSocket relay (the upstream side answers nothing and ends once
+/// the relay has been quiet for 50 ms) and returns what it sent upstream and back to the client.
+fn ws_relay(from_client: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = ws_proxy();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1 << 16);
+        let session = super::stages::websocket::Session::new(
+            proxy,
+            "ws.test",
+            true,
+            Default::default(),
+            &crate::audit::Event::new("request", "allow"),
+        );
+        let relay = super::stages::websocket::relay(client, upstream, session);
+        let talk = async {
+            client_peer.write_all(from_client).await.ok();
+            client_peer.shutdown().await.ok();
+            // The upstream reads until the relay has been quiet for a moment, then ends.
+            let mut up = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(50), upstream_peer.read(&mut chunk))
+                    .await
+            {
+                if n == 0 {
+                    break;
+                }
+                up.extend_from_slice(&chunk[..n]);
+            }
+            upstream_peer.shutdown().await.ok();
+            drop(upstream_peer);
+            let mut back = Vec::new();
+            client_peer.read_to_end(&mut back).await.ok();
+            (up, back)
+        };
+        let (_, out) =
+            tokio::time::timeout(Duration::from_secs(8), async { tokio::join!(relay, talk) })
+                .await
+                .expect("the relay ends once both sides have");
+        out
+    })
+}
+
+#[test]
+fn websocket_relay_on_any_client_bytes() {
+    check("websocket_any", 64, bytes(2048), |input| {
+        let (up, back) = ws_relay(&input);
+        // Frames are re-encoded, never multiplied: at most the input again plus the masks
+        // and a close.
+        prop_assert!(
+            up.len() <= 2 * input.len() + 64,
+            "{} bytes upstream",
+            up.len()
+        );
+        prop_assert!(
+            back.len() <= 2 * input.len() + 256,
+            "{} bytes back",
+            back.len()
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn websocket_relay_on_mutated_client_traffic() {
+    check(
+        "websocket_mutated",
+        64,
+        mutated(ws_client_traffic()),
+        |(valid, input)| {
+            let (up, _) = ws_relay(&valid);
+            // Valid traffic reaches the upstream: every message and the close.
+            prop_assert!(!up.is_empty() || valid.len() <= 12, "nothing went upstream");
+            let (up, back) = ws_relay(&input);
+            prop_assert!(
+                up.len() <= 2 * input.len() + 64,
+                "{} bytes upstream",
+                up.len()
+            );
+            prop_assert!(
+                back.len() <= 2 * input.len() + 256,
+                "{} bytes back",
+                back.len()
+            );
+            Ok(())
         },
     );
 }

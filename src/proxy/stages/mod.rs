@@ -22,7 +22,7 @@ pub(super) mod request_body;
 pub(super) mod response;
 pub(super) mod send;
 pub(super) mod upgrade;
-pub(super) mod websocket;
+pub(in crate::proxy) mod websocket;
 
 use std::sync::Arc;
 
