@@ -332,6 +332,7 @@ pub fn trust_env(bundle: &Path, ca_cert: &Path) -> Vec<(&'static str, PathBuf)> 
         ("CARGO_HTTP_CAINFO", b()),
         ("AWS_CA_BUNDLE", b()),
         ("DENO_CERT", b()),
+        ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", b()),
         ("NODE_EXTRA_CA_CERTS", ca_cert.to_path_buf()),
     ]
 }

@@ -271,10 +271,12 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
         "http_proxy",
         "https_proxy",
         "all_proxy",
+        "grpc_proxy",
     ] {
         cmd.env(var, &url);
     }
     cmd.env("NO_PROXY", "").env("no_proxy", "");
+    cmd.env_remove("no_grpc_proxy");
     for (var, path) in ca::trust_env(&bundle, &ca_cert) {
         cmd.env(var, path);
     }

@@ -10,6 +10,7 @@
 //! service.rs   one HTTP request: policy, token substitution, upstream, response redaction
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
+//! hop.rs       the one hop-by-hop header passed on: `TE: trailers` (gRPC needs it)
 //! body.rs      streamed request/response bodies through the scanner and the redactor
 //! decode.rs    compressed responses decoded (streamed) for the redactor, or refused
 //! budget.rs    the memory budget shared by every request body read whole
@@ -27,6 +28,7 @@ mod decode;
 pub mod dns;
 mod explicit;
 mod guard;
+mod hop;
 mod io;
 mod quota;
 mod respond;

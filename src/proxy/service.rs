@@ -393,7 +393,9 @@ async fn forward(
     }
 
     // 7. Upstream.
+    let te = super::hop::te_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.extend(te);
     parts.headers.remove(header::HOST);
     let scheme = if conn.tls { "https" } else { "http" };
     let authority = match hosts::ip_literal(&name) {
