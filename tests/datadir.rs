@@ -202,7 +202,7 @@ fn the_users_data_dir_is_hidden_in_tier1() {
         if mode == Mode::Rootless {
             chown_tree(&data);
         }
-        let script = "ls -A \"$1\"; cat \"$1/.vault_key\" \"$1/proxy-ca-key.pem\" \"$1/trust.json\" 2>&1; \
+        let script = "ls -A \"$1\" | LC_ALL=C sort; cat \"$1/.vault_key\" \"$1/proxy-ca-key.pem\" \"$1/trust.json\" 2>&1; \
                       head -c 27 \"$SSL_CERT_FILE\"; echo; echo \"$SSL_CERT_FILE\"";
         let out = dirs.run(
             &fx,
@@ -221,8 +221,20 @@ fn the_users_data_dir_is_hidden_in_tier1() {
         assert!(out.status.success(), "[{}] {}", mode.name(), describe(&out));
         let stdout = stdout_str(&out);
         let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some("proxy-ca-bundle.pem"), "{stdout}");
-        assert_eq!(lines.next(), Some("proxy-ca.pem"), "{stdout}");
+        let shown: Vec<&str> = lines.by_ref().take(3).collect();
+        assert_eq!(
+            shown,
+            [
+                "proxy-ca-bundle.pem",
+                "proxy-ca-truststore.p12",
+                "proxy-ca.pem"
+            ],
+            "only the public CA files show: {stdout}"
+        );
+        assert!(
+            !lines.next().unwrap_or_default().starts_with("proxy-ca"),
+            "{stdout}"
+        );
         assert!(stdout.contains("-----BEGIN CERTIFICATE-----"), "{stdout}");
         assert!(
             stdout.contains(&*data.join("proxy-ca-bundle.pem").to_string_lossy()),

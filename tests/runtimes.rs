@@ -4,6 +4,9 @@
 //!   streaming, the token in metadata), trusting netcage's CA through
 //!   `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`; Tier 0 (grpcio finds the proxy in `https_proxy`) and
 //!   Tier 1 (root and rootless);
+//! - Java: `java.net.http.HttpClient` (single-file source launch) trusting netcage's CA
+//!   through the PKCS#12 truststore in `JAVA_TOOL_OPTIONS`, and in Tier 0 finding the proxy
+//!   through the JVM's proxy properties there; Tier 0 and Tier 1 (root and rootless);
 //! - `TE` on requests: `trailers` goes upstream, other values do not (HTTP/1.1 and HTTP/2).
 
 mod common;
@@ -19,7 +22,15 @@ use serde_json::Value;
 use tier1_support::{BOUND, Fx, Mode, OTHER, RUN_TIMEOUT, SECRET, chown_tree, for_each_mode};
 
 const GRPC_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/runtimes/grpc_server.py");
-const GRPC_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/runtimes/grpc_client.py");
+
+/// A client program of `tests/runtimes/` copied into the scratch root, where the rootless
+/// user can read it (the checkout may sit below a directory it may not enter).
+fn client_script(fx: &Fx, name: &str) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/runtimes")
+        .join(name);
+    fx.write(name, &std::fs::read_to_string(&src).unwrap())
+}
 
 /// A Python grpcio server with a leaf for [`BOUND`] and [`OTHER`] from the test's CA, killed
 /// on drop. Every call it gets is a line in its log.
@@ -112,13 +123,10 @@ fn grpc_packages(fx: &Fx) -> PathBuf {
 /// server with `token`.
 fn grpc_client(fx: &Fx, tier: &str, server: &GrpcServer, host: &str, token: &str) -> Output {
     let target = format!("{host}:{}", server.port);
+    let client = client_script(fx, "grpc_client.py");
+    let client = client.to_string_lossy();
     let mut cmd = fx.netcage();
-    fx.run_args_in(
-        tier,
-        &mut cmd,
-        &[],
-        &["python3", GRPC_CLIENT, &target, token],
-    );
+    fx.run_args_in(tier, &mut cmd, &[], &["python3", &client, &target, token]);
     cmd.env("PYTHONPATH", grpc_packages(fx));
     // What grpcio would otherwise trust or use: only what netcage sets may count.
     for var in [
@@ -191,6 +199,71 @@ fn grpc_unary_and_streaming_carry_the_real_value_in_tier1() {
         let fx = Fx::new(mode);
         grpc_round_trip(&fx, "netns");
     });
+}
+
+/// `java Main.java URL TOKEN` under `netcage run --tier TIER`: the token's real value
+/// reaches the bound host, the reply comes back; aimed at another host it is refused and
+/// nothing arrives there.
+fn java_round_trip(fx: &Fx, tier: &str) {
+    let what = format!("[{tier} {}]", fx.mode.name());
+    let main = client_script(fx, "Main.java");
+    let main = main.to_string_lossy();
+    let token = fx.token();
+    let java = |url: &str| {
+        let mut cmd = fx.netcage();
+        fx.run_args_in(tier, &mut cmd, &[], &["java", &main, url, &token]);
+        // The user's own options are kept, and netcage's truststore wins over one named there.
+        cmd.env(
+            "JAVA_TOOL_OPTIONS",
+            "-Dnetcage.test.marker=kept -Djavax.net.ssl.trustStore=/nonexistent.p12",
+        );
+        for var in ["JDK_JAVA_OPTIONS", "_JAVA_OPTIONS"] {
+            cmd.env_remove(var);
+        }
+        run_with_timeout(&mut cmd, RUN_TIMEOUT)
+    };
+    let out = java(&fx.url(BOUND, "/java"));
+    assert!(out.status.success(), "{what} {}", describe(&out));
+    assert!(
+        stdout_str(&out).starts_with("200 ") && stdout_str(&out).contains("\nmarker=kept\n"),
+        "{what} {}",
+        describe(&out)
+    );
+    let got = fx.up.wait_for_requests(1, Duration::from_secs(10));
+    assert_eq!(got[0].path(), "/java", "{what}");
+    assert_eq!(
+        got[0].header_str("authorization").as_deref(),
+        Some(&*format!("Bearer {SECRET}")),
+        "{what} what the server got"
+    );
+    assert!(
+        free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()),
+        "{what} {}",
+        describe(&out)
+    );
+
+    fx.up.clear();
+    let out = java(&fx.url(OTHER, "/java-elsewhere"));
+    assert!(
+        stdout_str(&out).starts_with("403 "),
+        "{what} {}",
+        describe(&out)
+    );
+    assert!(
+        fx.up.requests().is_empty(),
+        "{what} {OTHER} must receive nothing"
+    );
+}
+
+#[test]
+fn java_httpclient_carries_the_real_value_in_tier0() {
+    let fx = Fx::new(Mode::Root);
+    java_round_trip(&fx, "env");
+}
+
+#[test]
+fn java_httpclient_carries_the_real_value_in_tier1() {
+    for_each_mode(|mode| java_round_trip(&Fx::new(mode), "netns"));
 }
 
 /// `TE: trailers` reaches the upstream; any other TE value does not (HTTP/1.1 and HTTP/2).

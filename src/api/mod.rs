@@ -584,6 +584,16 @@ fn command_env(
         out.env.retain(|(k, _)| k != var);
         out.env.push((var.into(), path.into()));
     }
+    // Java: the truststore, after the user's own options (so that it wins).
+    let java = OsStr::new("JAVA_TOOL_OPTIONS");
+    let existing = out
+        .env
+        .iter()
+        .position(|(k, _)| k == java)
+        .map(|i| out.env.remove(i).1);
+    let options =
+        ca::java_tool_options(existing.as_deref(), &data_dir.join(ca::CA_TRUSTSTORE), None);
+    out.env.push((java.into(), options));
     out
 }
 

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::{Error, Started};
-use crate::ca::{CA_BUNDLE, CA_CERT};
+use crate::ca::{CA_BUNDLE, CA_CERT, CA_TRUSTSTORE};
 use crate::keytrust;
 use crate::sandbox::layout::{self, Input, Layout, absolute, expand};
 use crate::sandbox::{gitdirs, host_sockets};
@@ -136,6 +136,10 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
                 started.cfg.ca.bundle_path().to_owned(),
             ),
             (CA_CERT.to_owned(), started.cfg.ca.cert_path().to_owned()),
+            (
+                CA_TRUSTSTORE.to_owned(),
+                started.cfg.ca.truststore_path().to_owned(),
+            ),
         ],
         secret_files: started.hide.iter().map(|p| canonical(p)).collect(),
         state_dir: Some(canonical(store.dir())),

@@ -247,6 +247,7 @@ impl Terminal {
 async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let bundle = resolved.proxy.ca.bundle_path().to_owned();
     let ca_cert = resolved.proxy.ca.cert_path().to_owned();
+    let truststore = resolved.proxy.ca.truststore_path().to_owned();
     let proxy = Proxy::new(resolved.proxy)?;
     // Every connection to this proxy comes from the one command (or something it started).
     let run_id = format!("run-{}", std::process::id());
@@ -262,6 +263,11 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let url = format!("http://{addr}");
     let env = child_env(&resolved.sealed_env, &args.env.pass_env);
     report_removed(&env.removed);
+    let java = env
+        .env
+        .iter()
+        .find(|(k, _)| k == "JAVA_TOOL_OPTIONS")
+        .map(|(_, v)| v.clone());
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env_clear().envs(env.env);
     for var in [
@@ -280,6 +286,12 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     for (var, path) in ca::trust_env(&bundle, &ca_cert) {
         cmd.env(var, path);
     }
+    // Java: the truststore and the JVM's proxy properties; Node 24+: the proxy variables.
+    cmd.env(
+        "JAVA_TOOL_OPTIONS",
+        ca::java_tool_options(java.as_deref(), &truststore, Some(addr)),
+    )
+    .env("NODE_USE_ENV_PROXY", "1");
     process::kill_with_parent(&mut cmd);
     let mut child = tokio::process::Command::from(cmd)
         .spawn()
