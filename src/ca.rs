@@ -65,7 +65,8 @@ pub struct Ca {
     cert_der: CertificateDer<'static>,
     cert_path: PathBuf,
     bundle_path: PathBuf,
-    truststore_path: PathBuf,
+    /// The Java truststore, or why it could not be made (netcage works on without it).
+    truststore: Result<PathBuf, String>,
     leaf_key: KeyPair,
     leaf_signer: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<LruCache<String, (Instant, Arc<CertifiedKey>)>>,
@@ -124,9 +125,15 @@ impl Ca {
             write_bundle(&bundle_path, &cert_pem)?;
             let _ = std::fs::remove_file(&truststore_path);
         }
-        if !truststore_path.exists() {
-            write_truststore(&truststore_path, &bundle_path, &cert_der)?;
-        }
+        // A data dir netcage cannot write (a Starpod installation of another user's) still
+        // serves everything but Java.
+        let truststore = if truststore_path.exists() {
+            Ok(truststore_path)
+        } else {
+            write_truststore(&truststore_path, &bundle_path, &cert_der)
+                .map(|()| truststore_path)
+                .map_err(|e| e.to_string())
+        };
         let leaf_key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Leaf {
                 name: "(key)".into(),
@@ -145,7 +152,7 @@ impl Ca {
             cert_der,
             cert_path,
             bundle_path,
-            truststore_path,
+            truststore,
             leaf_key,
             leaf_signer,
             cache: Mutex::new(LruCache::new(
@@ -163,9 +170,15 @@ impl Ca {
         &self.bundle_path
     }
 
-    /// The bundle's certificates as a PKCS#12 truststore (password [`TRUSTSTORE_PASSWORD`]).
-    pub fn truststore_path(&self) -> &Path {
-        &self.truststore_path
+    /// The bundle's certificates as a PKCS#12 truststore (password [`TRUSTSTORE_PASSWORD`]),
+    /// unless it could not be made ([`Ca::truststore_problem`]).
+    pub fn truststore_path(&self) -> Option<&Path> {
+        self.truststore.as_deref().ok()
+    }
+
+    /// Why there is no truststore, if there is none.
+    pub fn truststore_problem(&self) -> Option<&str> {
+        self.truststore.as_ref().err().map(String::as_str)
     }
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
@@ -488,7 +501,7 @@ mod tests {
     fn the_truststore_holds_the_ca_as_a_trusted_entry() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(dir.path()).unwrap();
-        let data = std::fs::read(ca.truststore_path()).unwrap();
+        let data = std::fs::read(ca.truststore_path().unwrap()).unwrap();
         let store = p12_keystore::KeyStore::from_pkcs12(
             &data,
             TRUSTSTORE_PASSWORD,
@@ -505,6 +518,20 @@ mod tests {
         let in_bundle =
             rustls_pemfile::certs(&mut std::fs::read(ca.bundle_path()).unwrap().as_slice()).count();
         assert_eq!(store.entries_len(), in_bundle);
+    }
+
+    #[test]
+    fn a_truststore_that_cannot_be_written_is_only_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        Ca::load_or_create(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(CA_TRUSTSTORE)).unwrap();
+        // Its temporary file cannot be made (a directory is in the way; root writes anywhere).
+        std::fs::create_dir(dir.path().join("proxy-ca-truststore.p12.tmp")).unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(ca.truststore_path(), None);
+        let why = ca.truststore_problem().unwrap();
+        assert!(why.contains("proxy-ca-truststore.p12"), "{why}");
+        assert!(ca.leaf("api.github.com").is_ok());
     }
 
     #[test]

@@ -490,7 +490,14 @@ impl Started {
     /// the current tokio runtime.
     pub fn into_sandbox(self, launched: launch::Launched) -> Result<Sandbox, Error> {
         let data_dir = std::fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
-        let env = command_env(&self.base_env, &self.sealed, &self.pass_env, &data_dir);
+        let java = self.cfg.ca.truststore_path().is_some();
+        let env = command_env(
+            &self.base_env,
+            &self.sealed,
+            &self.pass_env,
+            &data_dir,
+            java,
+        );
         let execs = Execs::new(launched.control, launched.proc_dir)
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
@@ -573,6 +580,7 @@ fn command_env(
     sealed: &[SealedVar],
     pass: &[String],
     data_dir: &Path,
+    java: bool,
 ) -> crate::env::CommandEnv {
     let base: Vec<(OsString, OsString)> = base
         .iter()
@@ -583,6 +591,9 @@ fn command_env(
     for (var, path) in ca::trust_env(&data_dir.join(CA_BUNDLE), &data_dir.join(CA_CERT)) {
         out.env.retain(|(k, _)| k != var);
         out.env.push((var.into(), path.into()));
+    }
+    if !java {
+        return out;
     }
     // Java: the truststore, after the user's own options (so that it wins).
     let java = OsStr::new("JAVA_TOOL_OPTIONS");

@@ -195,6 +195,11 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             data_dir.display()
         )
     })?;
+    if let Some(why) = ca.truststore_problem() {
+        eprintln!(
+            "netcage: warning: {why}; Java programs will not trust netcage's CA (make the data dir writable, or give another with --data-dir DIR)"
+        );
+    }
     let learner = learn.as_ref().map(|l| l.learner.clone());
     let audit =
         AuditLog::open_with(&audit_path, policy.audit.max_bytes, learner).with_context(|| {
