@@ -19,6 +19,11 @@ use rustls::sign::CertifiedKey;
 pub const CA_CERT: &str = "proxy-ca.pem";
 pub const CA_KEY: &str = "proxy-ca-key.pem";
 pub const CA_BUNDLE: &str = "proxy-ca-bundle.pem";
+/// The bundle's certificates as a PKCS#12 truststore for Java (trusted-certificate entries).
+pub const CA_TRUSTSTORE: &str = "proxy-ca-truststore.p12";
+/// The truststore's password. Not a secret: it holds only public certificates, and the JVM
+/// wants one to read a PKCS#12 store (Java's own default).
+pub const TRUSTSTORE_PASSWORD: &str = "changeit";
 
 /// How many leaf certificates stay cached, and for how long one is reused.
 const LEAF_CACHE: usize = 1024;
@@ -50,6 +55,8 @@ pub enum CaError {
     HalfCa { cert: PathBuf, key: PathBuf },
     #[error("cannot issue a certificate for {name:?}: {why}")]
     Leaf { name: String, why: String },
+    #[error("cannot make the Java truststore {path}: {why}")]
+    Truststore { path: PathBuf, why: String },
 }
 
 /// The CA and its leaf cache.
@@ -58,6 +65,8 @@ pub struct Ca {
     cert_der: CertificateDer<'static>,
     cert_path: PathBuf,
     bundle_path: PathBuf,
+    /// The Java truststore, or why it could not be made (netcage works on without it).
+    truststore: Result<PathBuf, String>,
     leaf_key: KeyPair,
     leaf_signer: Arc<dyn rustls::sign::SigningKey>,
     cache: Mutex<LruCache<String, (Instant, Arc<CertifiedKey>)>>,
@@ -80,6 +89,7 @@ impl Ca {
         let cert_path = dir.join(CA_CERT);
         let key_path = dir.join(CA_KEY);
         let bundle_path = dir.join(CA_BUNDLE);
+        let truststore_path = dir.join(CA_TRUSTSTORE);
         let (cert_pem, key) = match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
                 let cert_pem =
@@ -99,6 +109,7 @@ impl Ca {
                 write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
                 write_file(&cert_path, cert_pem.as_bytes(), 0o644)?;
                 let _ = std::fs::remove_file(&bundle_path);
+                let _ = std::fs::remove_file(&truststore_path);
                 (cert_pem, key)
             }
         };
@@ -112,7 +123,17 @@ impl Ca {
         })?;
         if !bundle_path.exists() {
             write_bundle(&bundle_path, &cert_pem)?;
+            let _ = std::fs::remove_file(&truststore_path);
         }
+        // A data dir netcage cannot write (a Starpod installation of another user's) still
+        // serves everything but Java.
+        let truststore = if truststore_path.exists() {
+            Ok(truststore_path)
+        } else {
+            write_truststore(&truststore_path, &bundle_path, &cert_der)
+                .map(|()| truststore_path)
+                .map_err(|e| e.to_string())
+        };
         let leaf_key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Leaf {
                 name: "(key)".into(),
@@ -131,6 +152,7 @@ impl Ca {
             cert_der,
             cert_path,
             bundle_path,
+            truststore,
             leaf_key,
             leaf_signer,
             cache: Mutex::new(LruCache::new(
@@ -146,6 +168,17 @@ impl Ca {
     /// System roots followed by the CA: what clients in the sandbox should trust.
     pub fn bundle_path(&self) -> &Path {
         &self.bundle_path
+    }
+
+    /// The bundle's certificates as a PKCS#12 truststore (password [`TRUSTSTORE_PASSWORD`]),
+    /// unless it could not be made ([`Ca::truststore_problem`]).
+    pub fn truststore_path(&self) -> Option<&Path> {
+        self.truststore.as_deref().ok()
+    }
+
+    /// Why there is no truststore, if there is none.
+    pub fn truststore_problem(&self) -> Option<&str> {
+        self.truststore.as_ref().err().map(String::as_str)
     }
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {
@@ -319,6 +352,76 @@ fn write_bundle(path: &Path, ca_pem: &str) -> Result<(), CaError> {
     std::fs::rename(&tmp, path).map_err(io("write", path))
 }
 
+/// The bundle's certificates (system roots and netcage's CA, `ca`) as a PKCS#12 truststore
+/// of trusted-certificate entries, which Java reads as `-Djavax.net.ssl.trustStoreType=PKCS12`
+/// (each bag carries Java's trusted-usage attribute). A certificate the parser does not take
+/// is left out; netcage's own is always in.
+fn write_truststore(path: &Path, bundle: &Path, ca: &CertificateDer<'_>) -> Result<(), CaError> {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry};
+    let fail = |why: String| CaError::Truststore {
+        path: path.to_owned(),
+        why,
+    };
+    let pem = std::fs::read(bundle).map_err(io("read", bundle))?;
+    let mut store = KeyStore::new();
+    let own = Certificate::from_der(ca).map_err(|e| fail(e.to_string()))?;
+    store.add_entry("netcage-local-ca", KeyStoreEntry::Certificate(own));
+    let mut reader = pem.as_slice();
+    let others = rustls_pemfile::certs(&mut reader)
+        .filter_map(Result::ok)
+        .filter(|der| der.as_ref() != ca.as_ref());
+    for (i, der) in others.enumerate() {
+        if let Ok(cert) = Certificate::from_der(&der) {
+            store.add_entry(&format!("root-{i}"), KeyStoreEntry::Certificate(cert));
+        }
+    }
+    let data = store
+        .writer(TRUSTSTORE_PASSWORD)
+        .write()
+        .map_err(|e| fail(e.to_string()))?;
+    let tmp = path.with_extension("p12.tmp");
+    write_file(&tmp, &data, 0o644)?;
+    std::fs::rename(&tmp, path).map_err(io("write", path))
+}
+
+/// `JAVA_TOOL_OPTIONS` for the command: `existing` (the user's, kept first) followed by the
+/// truststore and, in Tier 0 (`proxy`), the JVM's proxy properties for HTTP and HTTPS with no
+/// exceptions (the JVM's default skips localhost). Later `-D` options win in the JVM, so
+/// these take precedence over the same properties in `existing`.
+pub fn java_tool_options(
+    existing: Option<&std::ffi::OsStr>,
+    truststore: &Path,
+    proxy: Option<std::net::SocketAddr>,
+) -> std::ffi::OsString {
+    let mut out = std::ffi::OsString::new();
+    if let Some(existing) = existing.filter(|e| !e.is_empty()) {
+        out.push(existing);
+        out.push(" ");
+    }
+    // The JVM splits the variable at white space; quotes keep a path with spaces whole.
+    let path = truststore.as_os_str();
+    let spaced = path.as_encoded_bytes().iter().any(u8::is_ascii_whitespace);
+    out.push(if spaced {
+        "\"-Djavax.net.ssl.trustStore="
+    } else {
+        "-Djavax.net.ssl.trustStore="
+    });
+    out.push(path);
+    if spaced {
+        out.push("\"");
+    }
+    out.push(format!(
+        " -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}"
+    ));
+    if let Some(addr) = proxy {
+        let (host, port) = (addr.ip(), addr.port());
+        out.push(format!(
+            " -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.proxyHost={host} -Dhttp.proxyPort={port} -Dhttp.nonProxyHosts="
+        ));
+    }
+    out
+}
+
 /// Environment variables that make common clients trust the bundle (or, for node, the CA).
 pub fn trust_env(bundle: &Path, ca_cert: &Path) -> Vec<(&'static str, PathBuf)> {
     let b = || bundle.to_path_buf();
@@ -332,6 +435,7 @@ pub fn trust_env(bundle: &Path, ca_cert: &Path) -> Vec<(&'static str, PathBuf)> 
         ("CARGO_HTTP_CAINFO", b()),
         ("AWS_CA_BUNDLE", b()),
         ("DENO_CERT", b()),
+        ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", b()),
         ("NODE_EXTRA_CA_CERTS", ca_cert.to_path_buf()),
     ]
 }
@@ -360,6 +464,74 @@ mod tests {
         assert!(Arc::ptr_eq(&leaf, &again.leaf("api.github.com").unwrap()));
         again.leaf("127.0.0.1").unwrap();
         assert!(again.leaf("bad name!").is_err());
+    }
+
+    #[test]
+    fn java_options_follow_the_users_own() {
+        let store = Path::new("/d/proxy-ca-truststore.p12");
+        let opts = |existing: Option<&str>, proxy| {
+            java_tool_options(existing.map(std::ffi::OsStr::new), store, proxy)
+                .into_string()
+                .unwrap()
+        };
+        let trust = "-Djavax.net.ssl.trustStore=/d/proxy-ca-truststore.p12 \
+                     -Djavax.net.ssl.trustStoreType=PKCS12 -Djavax.net.ssl.trustStorePassword=changeit";
+        assert_eq!(opts(None, None), trust);
+        assert_eq!(opts(Some(""), None), trust);
+        assert_eq!(opts(Some("-Xmx1g"), None), format!("-Xmx1g {trust}"));
+        let proxied = opts(None, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            proxied,
+            format!(
+                "{trust} -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=8080 \
+                 -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=8080 -Dhttp.nonProxyHosts="
+            )
+        );
+        let spaced = java_tool_options(None, Path::new("/a b/t.p12"), None);
+        assert!(
+            spaced
+                .to_str()
+                .unwrap()
+                .starts_with("\"-Djavax.net.ssl.trustStore=/a b/t.p12\" "),
+            "{spaced:?}"
+        );
+    }
+
+    #[test]
+    fn the_truststore_holds_the_ca_as_a_trusted_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let data = std::fs::read(ca.truststore_path().unwrap()).unwrap();
+        let store = p12_keystore::KeyStore::from_pkcs12(
+            &data,
+            TRUSTSTORE_PASSWORD,
+            p12_keystore::Pkcs12ImportPolicy::Strict,
+        )
+        .unwrap();
+        match store.entry("netcage-local-ca") {
+            Some(p12_keystore::KeyStoreEntry::Certificate(c)) => {
+                assert_eq!(c.as_der(), ca.cert_der().as_ref());
+            }
+            other => panic!("no trusted entry for the CA: {other:?}"),
+        }
+        // The system roots of the bundle too, as trusted entries (Strict keeps only those).
+        let in_bundle =
+            rustls_pemfile::certs(&mut std::fs::read(ca.bundle_path()).unwrap().as_slice()).count();
+        assert_eq!(store.entries_len(), in_bundle);
+    }
+
+    #[test]
+    fn a_truststore_that_cannot_be_written_is_only_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        Ca::load_or_create(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join(CA_TRUSTSTORE)).unwrap();
+        // Its temporary file cannot be made (a directory is in the way; root writes anywhere).
+        std::fs::create_dir(dir.path().join("proxy-ca-truststore.p12.tmp")).unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(ca.truststore_path(), None);
+        let why = ca.truststore_problem().unwrap();
+        assert!(why.contains("proxy-ca-truststore.p12"), "{why}");
+        assert!(ca.leaf("api.github.com").is_ok());
     }
 
     #[test]

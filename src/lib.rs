@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`token`]: the `starpod:v1` codec and key loading (pure).
 //! - [`hosts`]: host patterns and matching (pure).
+//! - [`datadir`]: the default data dir (`./.starpod/db` in a Starpod project, else the user's).
 //! - [`keytrust`]: which key files are used without asking (a planted one is refused).
 //! - [`scan`]: finding and substituting tokens in headers, targets and streamed bodies, finding
 //!   real values there (the leak guard), and redacting real values from responses (pure).
@@ -27,6 +28,7 @@
 mod api;
 pub mod audit;
 pub mod ca;
+pub mod datadir;
 mod der;
 pub mod env;
 pub mod hosts;

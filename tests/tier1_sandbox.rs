@@ -942,7 +942,7 @@ for top in (home, cwd, "/tmp"):
     for d, dirs, files in os.walk(top):
         for f in files:
             p = os.path.realpath(os.path.join(d, f))
-            if p not in seen and not p.endswith("proxy-ca-bundle.pem"):
+            if p not in seen and not p.endswith(("proxy-ca-bundle.pem", "proxy-ca-truststore.p12")):
                 seen.add(p)
                 grab("walk", p)
 for p in ["/etc/shadow", "/etc/gshadow", "/etc/ssh/ssh_host_rsa_key",

@@ -69,7 +69,7 @@ impl From<Error> for std::io::Error {
 
 /// Configures a [`Sandbox`]. Everything has a default except where the key comes from.
 pub struct SandboxBuilder {
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     key: Option<Key>,
     key_file: Option<PathBuf>,
     policy: Policy,
@@ -103,11 +103,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A builder with the defaults: data dir `.starpod/db`, its key (or a fresh one), no
+    /// A builder with the defaults: the data dir `./.starpod/db` if it exists, else the
+    /// user's own ([`crate::datadir::default_dir`]), its key (or a fresh one), no
     /// policy restrictions, no audit log, this process's environment for the commands.
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder {
-            data_dir: PathBuf::from(".starpod/db"),
+            data_dir: None,
             key: None,
             key_file: None,
             policy: Policy::default(),
@@ -222,9 +223,11 @@ impl Drop for Sandbox {
 
 impl SandboxBuilder {
     /// Where the CA lives (and the key, unless given otherwise): Starpod's layout. Default
-    /// `.starpod/db`. It is hidden from the commands; only the public CA files stay visible.
+    /// `./.starpod/db` when it exists (a Starpod project), else the user's own data dir
+    /// ([`crate::datadir::default_dir`]). It is hidden from the commands; only the public CA
+    /// files stay visible.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.data_dir = dir.into();
+        self.data_dir = Some(dir.into());
         self
     }
 
@@ -341,12 +344,16 @@ impl SandboxBuilder {
 
     /// Builds the sandbox and starts the proxy on the current tokio runtime.
     pub async fn start(self) -> Result<Sandbox, Error> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| crate::datadir::default_dir().path);
         let key_file = self
             .key_file
             .clone()
-            .unwrap_or_else(|| self.data_dir.join(".vault_key"));
+            .unwrap_or_else(|| data_dir.join(".vault_key"));
         crate::keytrust::Store::default_location()
-            .vouch_path(&self.data_dir, "data dir")
+            .vouch_path(&data_dir, "data dir")
             .map_err(Error)?;
         let key = match self.key {
             Some(key) => key,
@@ -361,7 +368,7 @@ impl SandboxBuilder {
                 Err(e) => return Err(Error(e.to_string())),
             },
         };
-        let ca = Ca::load_or_create(&self.data_dir).map_err(|e| Error(e.to_string()))?;
+        let ca = Ca::load_or_create(&data_dir).map_err(|e| Error(e.to_string()))?;
         // A token's value, when this key opens it, is replaced by the token elsewhere too,
         // and guarded by the leak guard.
         let mut values: Vec<SealedValue> = Vec::new();
@@ -413,7 +420,7 @@ impl SandboxBuilder {
         };
         let started = Started {
             cfg,
-            data_dir: self.data_dir,
+            data_dir,
             hide,
             base_env: base,
             sealed,
@@ -484,7 +491,14 @@ impl Started {
     /// the current tokio runtime.
     pub fn into_sandbox(self, launched: launch::Launched) -> Result<Sandbox, Error> {
         let data_dir = std::fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
-        let env = command_env(&self.base_env, &self.sealed, &self.pass_env, &data_dir);
+        let java = self.cfg.ca.truststore_path().is_some();
+        let env = command_env(
+            &self.base_env,
+            &self.sealed,
+            &self.pass_env,
+            &data_dir,
+            java,
+        );
         let execs = Execs::new(launched.control, launched.proc_dir)
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
@@ -567,6 +581,7 @@ fn command_env(
     sealed: &[SealedVar],
     pass: &[String],
     data_dir: &Path,
+    java: bool,
 ) -> crate::env::CommandEnv {
     let base: Vec<(OsString, OsString)> = base
         .iter()
@@ -578,6 +593,19 @@ fn command_env(
         out.env.retain(|(k, _)| k != var);
         out.env.push((var.into(), path.into()));
     }
+    if !java {
+        return out;
+    }
+    // Java: the truststore, after the user's own options (so that it wins).
+    let java = OsStr::new("JAVA_TOOL_OPTIONS");
+    let existing = out
+        .env
+        .iter()
+        .position(|(k, _)| k == java)
+        .map(|i| out.env.remove(i).1);
+    let options =
+        ca::java_tool_options(existing.as_deref(), &data_dir.join(ca::CA_TRUSTSTORE), None);
+    out.env.push((java.into(), options));
     out
 }
 

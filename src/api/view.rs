@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::{Error, Started};
-use crate::ca::{CA_BUNDLE, CA_CERT};
+use crate::ca::{CA_BUNDLE, CA_CERT, CA_TRUSTSTORE};
 use crate::keytrust;
 use crate::sandbox::layout::{self, Input, Layout, absolute, expand};
 use crate::sandbox::{gitdirs, host_sockets};
@@ -130,13 +130,14 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
         cwd,
         home,
         data_dir: data_dir.to_owned(),
-        public_files: vec![
-            (
-                CA_BUNDLE.to_owned(),
-                started.cfg.ca.bundle_path().to_owned(),
-            ),
-            (CA_CERT.to_owned(), started.cfg.ca.cert_path().to_owned()),
-        ],
+        public_files: [
+            (CA_BUNDLE, Some(started.cfg.ca.bundle_path())),
+            (CA_CERT, Some(started.cfg.ca.cert_path())),
+            (CA_TRUSTSTORE, started.cfg.ca.truststore_path()),
+        ]
+        .into_iter()
+        .filter_map(|(name, path)| Some((name.to_owned(), path?.to_owned())))
+        .collect(),
         secret_files: started.hide.iter().map(|p| canonical(p)).collect(),
         state_dir: Some(canonical(store.dir())),
         write,

@@ -23,7 +23,7 @@ use super::{EnvArgs, KeyArgs, PolicyArgs, input_error};
 pub fn key_path(args: &KeyArgs) -> PathBuf {
     args.key_file
         .clone()
-        .unwrap_or_else(|| args.data_dir.join(".vault_key"))
+        .unwrap_or_else(|| args.data_dir().join(".vault_key"))
 }
 
 /// Loads the key, printing a warning when the file is readable by others. A key file that a
@@ -156,8 +156,9 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         return Err(input_error(problems.join("; ")));
     }
     let store = netcage::keytrust::Store::default_location();
+    let data_dir = key_args.data_dir();
     store
-        .vouch_path(&key_args.data_dir, "data dir")
+        .vouch_path(&data_dir, "data dir")
         .map_err(input_error)?;
     let key = load_or_ephemeral_key(key_args)?;
     let mut sealed = Vec::new();
@@ -180,8 +181,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .clone()
         .or_else(|| policy.audit.path.clone())
         .unwrap_or_else(|| {
-            key_args
-                .data_dir
+            data_dir
                 .join("netcage-audit.jsonl")
                 .to_string_lossy()
                 .into_owned()
@@ -191,12 +191,24 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             .vouch_path(Path::new(&audit_path), "audit log")
             .map_err(input_error)?;
     }
+    // Before the audit log, which would make a missing data dir with the umask's mode (the CA
+    // makes it 0700).
+    let ca = Ca::load_or_create(&data_dir).with_context(|| {
+        format!(
+            "the data dir {} (give another with --data-dir DIR)",
+            data_dir.display()
+        )
+    })?;
+    if let Some(why) = ca.truststore_problem() {
+        eprintln!(
+            "netcage: warning: {why}; Java programs will not trust netcage's CA (make the data dir writable, or give another with --data-dir DIR)"
+        );
+    }
     let learner = learn.as_ref().map(|l| l.learner.clone());
     let audit =
         AuditLog::open_with(&audit_path, policy.audit.max_bytes, learner).with_context(|| {
             format!("cannot open the audit log {audit_path} (choose another with --audit FILE)")
         })?;
-    let ca = Ca::load_or_create(&key_args.data_dir)?;
     Ok(Resolved {
         audit_path: (audit_path != "-").then(|| {
             let path = PathBuf::from(&audit_path);
@@ -245,7 +257,7 @@ pub fn sandbox_config(
     .collect();
     netcage::Started {
         cfg: resolved.proxy,
-        data_dir: key.data_dir.clone(),
+        data_dir: key.data_dir(),
         hide,
         base_env: std::env::vars_os().collect(),
         sealed: resolved.sealed_env,

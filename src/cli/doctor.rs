@@ -51,5 +51,15 @@ pub fn doctor() -> anyhow::Result<u8> {
     println!(
         "Tier 0 (env):                     available (proxy variables only; programs can bypass it)"
     );
+    let data = netcage::datadir::default_dir();
+    println!(
+        "data dir (key, CA, audit log):    {} ({}; --data-dir DIR chooses another)",
+        data.path.display(),
+        data.why
+    );
+    println!(
+        "state (trusted keys, trust.json): {}",
+        netcage::keytrust::state_dir().display()
+    );
     Ok(0)
 }

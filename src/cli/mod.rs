@@ -72,12 +72,23 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct KeyArgs {
-    /// Data directory: key file .vault_key, CA files (Starpod's layout)
-    #[arg(long, value_name = "DIR", default_value = ".starpod/db")]
-    pub data_dir: PathBuf,
+    /// Data directory: key file .vault_key, CA files (Starpod's layout) [default:
+    /// ./.starpod/db if it exists, else $XDG_DATA_HOME/netcage, ~/.local/share/netcage, or
+    /// /var/lib/netcage for root; `netcage doctor` says which]
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir_arg: Option<PathBuf>,
     /// Key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// `--data-dir`, else the default ([`netcage::datadir::default_dir`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir_arg
+            .clone()
+            .unwrap_or_else(|| netcage::datadir::default_dir().path)
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,7 @@
 //! `netcage run`: the command behind the proxy, in the strongest tier available.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
@@ -247,6 +248,7 @@ impl Terminal {
 async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let bundle = resolved.proxy.ca.bundle_path().to_owned();
     let ca_cert = resolved.proxy.ca.cert_path().to_owned();
+    let truststore = resolved.proxy.ca.truststore_path().map(Path::to_owned);
     let proxy = Proxy::new(resolved.proxy)?;
     // Every connection to this proxy comes from the one command (or something it started).
     let run_id = format!("run-{}", std::process::id());
@@ -262,6 +264,11 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let url = format!("http://{addr}");
     let env = child_env(&resolved.sealed_env, &args.env.pass_env);
     report_removed(&env.removed);
+    let java = env
+        .env
+        .iter()
+        .find(|(k, _)| k == "JAVA_TOOL_OPTIONS")
+        .map(|(_, v)| v.clone());
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env_clear().envs(env.env);
     for var in [
@@ -271,13 +278,23 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
         "http_proxy",
         "https_proxy",
         "all_proxy",
+        "grpc_proxy",
     ] {
         cmd.env(var, &url);
     }
     cmd.env("NO_PROXY", "").env("no_proxy", "");
+    cmd.env_remove("no_grpc_proxy");
     for (var, path) in ca::trust_env(&bundle, &ca_cert) {
         cmd.env(var, path);
     }
+    // Java: the truststore and the JVM's proxy properties; Node 24+: the proxy variables.
+    if let Some(truststore) = &truststore {
+        cmd.env(
+            "JAVA_TOOL_OPTIONS",
+            ca::java_tool_options(java.as_deref(), truststore, Some(addr)),
+        );
+    }
+    cmd.env("NODE_USE_ENV_PROXY", "1");
     process::kill_with_parent(&mut cmd);
     let mut child = tokio::process::Command::from(cmd)
         .spawn()

@@ -91,6 +91,9 @@ pub const PROXY_VARS: &[&str] = &[
     "https_proxy",
     "all_proxy",
     "no_proxy",
+    // gRPC reads these before https_proxy.
+    "grpc_proxy",
+    "no_grpc_proxy",
 ];
 
 #[cfg(test)]

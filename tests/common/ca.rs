@@ -94,6 +94,27 @@ impl TestCa {
         (chain, key_der)
     }
 
+    /// Like [`TestCa::issue`], as PEM: the chain (leaf, then CA) and the PKCS#8 key, for
+    /// servers that read files (grpcio, Java).
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+        use base64::Engine;
+        let (chain, key) = self.issue(names);
+        let pem = |label: &str, der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                lines.join("\n")
+            )
+        };
+        let chain_pem = chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        (chain_pem, pem("PRIVATE KEY", key.secret_der()))
+    }
+
     /// A rustls server configuration presenting a leaf for `names`, offering the ALPN
     /// protocols `alpn` in that order (e.g. `&[b"h2", b"http/1.1"]`; empty = no ALPN).
     pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<ServerConfig> {

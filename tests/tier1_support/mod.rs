@@ -281,7 +281,13 @@ impl Fx {
 
     /// Appends `run --tier netns <common> <opts> -- <child>` to `cmd`.
     pub fn run_args(&self, cmd: &mut Command, opts: &[&str], child: &[&str]) {
-        cmd.args(["run", "--tier", "netns", "--data-dir"])
+        self.run_args_in("netns", cmd, opts, child);
+    }
+
+    /// Appends `run --tier TIER <common> <opts> -- <child>` to `cmd` (`env`: Tier 0 with the
+    /// same world, for tests that compare the tiers).
+    pub fn run_args_in(&self, tier: &str, cmd: &mut Command, opts: &[&str], child: &[&str]) {
+        cmd.args(["run", "--tier", tier, "--data-dir"])
             .arg(self.env.data_dir())
             .arg("--upstream-ca")
             .arg(&self.ca_path)

@@ -35,7 +35,9 @@ pub(in crate::proxy) fn build(
     upgrade: bool,
     event: &mut Event,
 ) -> Result<UpstreamRequest, Stop> {
+    let te = hop::te_trailers(&parts.headers);
     hop::strip(&mut parts.headers, upgrade);
+    parts.headers.extend(te);
     parts.headers.remove(http::header::HOST);
     let scheme = if conn.tls { "https" } else { "http" };
     let authority = dest.authority();
