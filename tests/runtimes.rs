@@ -140,7 +140,9 @@ fn grpc_client(fx: &Fx, tier: &str, server: &GrpcServer, host: &str, token: &str
 }
 
 /// Unary and server-streaming calls carry the token's real value to the bound host, with the
-/// replies intact; the same token aimed at another host is refused and the server gets nothing.
+/// replies intact, and a reply that echoes the value comes back with the token in its place
+/// (the message's length rewritten); the same token aimed at another host is refused and the
+/// server gets nothing.
 fn grpc_round_trip(fx: &Fx, tier: &str) {
     let server = GrpcServer::start(fx);
     let token = fx.token();
@@ -153,7 +155,9 @@ fn grpc_round_trip(fx: &Fx, tier: &str) {
             "unary unary:hello",
             "stream part0:hi",
             "stream part1:hi",
-            "stream part2:hi"
+            "stream part2:hi",
+            // The reflected real value comes back as the token, in a well-framed message.
+            &format!("auth auth:Bearer {token}"),
         ],
         "{what} {}",
         describe(&out)
@@ -161,8 +165,12 @@ fn grpc_round_trip(fx: &Fx, tier: &str) {
     let real = format!("Bearer {SECRET}");
     assert_eq!(
         server.calls(),
-        [("unary".into(), real.clone()), ("stream".into(), real)],
-        "{what} the server must get both calls with the real value"
+        [
+            ("unary".into(), real.clone()),
+            ("stream".into(), real.clone()),
+            ("auth".into(), real)
+        ],
+        "{what} the server must get every call with the real value"
     );
     assert!(
         free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()),
@@ -179,7 +187,7 @@ fn grpc_round_trip(fx: &Fx, tier: &str) {
     );
     assert_eq!(
         server.calls().len(),
-        2,
+        3,
         "{what} {OTHER} must receive nothing"
     );
     fx.wait_audit("the refused gRPC call", |l| {

@@ -15,6 +15,7 @@
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
+//! grpc.rs      gRPC responses redacted message by message (length prefixes rewritten)
 //! decode.rs    compressed responses decoded (streamed) for the redactor, or refused
 //! budget.rs    the memory budget shared by every request body read whole
 //! timeouts.rs  `[limits]` timeouts: request head, idle keep-alive, stalled bodies, raw relays
@@ -30,6 +31,7 @@ mod decide;
 mod decode;
 pub mod dns;
 mod explicit;
+mod grpc;
 mod guard;
 mod io;
 mod quota;

@@ -1,4 +1,4 @@
-"""A gRPC client for tests/runtimes.rs: unary and server-streaming calls to TARGET with
+"""A gRPC client for tests/runtimes.rs: unary, server-streaming and echo calls to TARGET with
 `authorization: Bearer TOKEN` metadata, over TLS trusting only what grpcio trusts by default
 (its bundled roots, or GRPC_DEFAULT_SSL_ROOTS_FILE_PATH: netcage sets it), through the proxy
 grpcio finds in grpc_proxy/https_proxy (Tier 0) or none (Tier 1).
@@ -18,6 +18,9 @@ try:
         print("unary", reply.decode())
         for part in channel.unary_stream("/test.Echo/Stream")(b"hi", metadata=metadata, timeout=20):
             print("stream", part.decode())
+        # The server echoes the real value: the proxy redacts it inside the gRPC message.
+        reply = channel.unary_unary("/test.Echo/Auth")(b"", metadata=metadata, timeout=20)
+        print("auth", reply.decode())
 except grpc.RpcError as e:
     print("error", e.code().name, e.details())
     sys.exit(3)

@@ -7,6 +7,7 @@ received, so the test can tell what reached the server.
 
   /test.Echo/Unary   returns b"unary:" + request
   /test.Echo/Stream  returns three messages b"part<i>:" + request (server streaming)
+  /test.Echo/Auth    returns b"auth:" + the `authorization` it received (a reflected value)
 """
 import json
 import sys
@@ -34,11 +35,17 @@ def stream(request, context):
         yield b"part%d:" % i + request
 
 
+def auth(request, context):
+    record("auth", context)
+    return b"auth:" + (dict(context.invocation_metadata()).get("authorization") or "").encode()
+
+
 handler = grpc.method_handlers_generic_handler(
     "test.Echo",
     {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Auth": grpc.unary_unary_rpc_method_handler(auth),
     },
 )
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

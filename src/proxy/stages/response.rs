@@ -1,6 +1,7 @@
 //! Stage 6, the response on its way back: when values were substituted on the connection,
 //! its headers and its body (decoded first if the server compressed it anyway) go through the
-//! redactor, so the client sees tokens where the server showed real values.
+//! redactor, so the client sees tokens where the server showed real values (gRPC message by
+//! message, see `grpc.rs`).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::policy::Limits;
 use crate::proxy::Proxy;
 use crate::proxy::body::{self, ProxyBody, Redact, Transformed};
 use crate::proxy::decode;
+use crate::proxy::grpc::{self, GrpcRedact};
 use crate::proxy::timeouts::{Silent, Stall};
 use crate::scan::Redactor;
 
@@ -66,6 +68,16 @@ pub(in crate::proxy) fn redact(
     } else {
         Either::Right(decode::decoded(incoming, &codings))
     };
-    let body = Transformed::new(source, Redact { redactor }, Arc::default()).boxed_unsync();
+    // gRPC messages carry their length: each is redacted whole and its prefix rewritten.
+    let body = if grpc::is_grpc(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    ) {
+        Transformed::new(source, GrpcRedact::new(redactor), Arc::default()).boxed_unsync()
+    } else {
+        Transformed::new(source, Redact { redactor }, Arc::default()).boxed_unsync()
+    };
     Ok((parts, body))
 }
