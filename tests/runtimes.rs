@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tier1_support::{BOUND, Fx, Mode, OTHER, RUN_TIMEOUT, SECRET, chown_tree, for_each_mode};
+use tier1_support::{BOUND, Fx, Mode, OTHER, RUN_TIMEOUT, SECRET, for_each_mode};
 
 const GRPC_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/runtimes/grpc_server.py");
 
@@ -86,37 +86,9 @@ impl GrpcServer {
     }
 }
 
-/// grpcio (and what it imports) copied where [`tier1_support::UID`] can read it: the test
-/// machine's python packages may live under root's home.
+/// grpcio (and what it imports) copied where [`tier1_support::UID`] can read it.
 fn grpc_packages(fx: &Fx) -> PathBuf {
-    let dir = fx.env.path("pylib-grpc");
-    if dir.exists() {
-        return dir;
-    }
-    std::fs::create_dir(&dir).unwrap();
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import grpc, typing_extensions\n\
-             print(grpc.__path__[0]); print(typing_extensions.__file__)",
-        ])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python3 lacks grpcio (pip install grpcio): {}",
-        describe(&out)
-    );
-    for path in String::from_utf8_lossy(&out.stdout).lines() {
-        let status = Command::new("cp")
-            .args(["-r", path])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp -r {path}");
-    }
-    chown_tree(&dir);
-    dir
+    fx.python_modules("pylib-grpc", &["grpc", "typing_extensions"])
 }
 
 /// The gRPC client under `netcage run --tier TIER` (as `fx`'s user), calling `host` on the

@@ -333,32 +333,45 @@ impl Fx {
 
     /// A copy of `requests` and its dependencies under the scratch root.
     fn python_packages(&self) -> PathBuf {
-        let dir = self.env.path("pylib");
+        self.python_modules(
+            "pylib",
+            &[
+                "requests",
+                "urllib3",
+                "idna",
+                "charset_normalizer",
+                "certifi",
+            ],
+        )
+    }
+
+    /// The python packages `modules` copied into `name` under the scratch root, where
+    /// [`UID`] can read them (the machine's may live under root's home); made once.
+    pub fn python_modules(&self, name: &str, modules: &[&str]) -> PathBuf {
+        let dir = self.env.path(name);
         if dir.exists() {
             return dir;
         }
         std::fs::create_dir(&dir).unwrap();
+        let script = format!(
+            "import importlib, os\nfor m in {modules:?}:\n    f = importlib.import_module(m).__file__\n    print(os.path.dirname(f) if f.endswith('__init__.py') else f)"
+        );
         let out = Command::new("python3")
-            .args([
-                "-c",
-                "import os, requests, urllib3, idna, charset_normalizer, certifi\n\
-                 for m in (requests, urllib3, idna, charset_normalizer, certifi):\n\
-                 \x20   print(os.path.dirname(m.__file__))",
-            ])
+            .args(["-c", &script])
             .output()
             .expect("run python3");
         assert!(
             out.status.success(),
-            "python3 lacks requests (pip install requests): {}",
+            "python3 lacks one of {modules:?} (pip install it): {}",
             describe(&out)
         );
-        for pkg in String::from_utf8_lossy(&out.stdout).lines() {
+        for path in String::from_utf8_lossy(&out.stdout).lines() {
             let status = Command::new("cp")
-                .args(["-r", pkg])
+                .args(["-r", path])
                 .arg(&dir)
                 .status()
                 .unwrap();
-            assert!(status.success(), "cp -r {pkg}");
+            assert!(status.success(), "cp -r {path}");
         }
         chown_tree(&dir);
         dir
