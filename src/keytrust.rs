@@ -94,13 +94,18 @@ impl Store {
 
     /// Makes the state directory (0700) if it is missing: a sandbox's view must hide it from
     /// the start, so it must exist before the view is made.
+    /// Missing parents (`~/.local`, `~/.local/share`) get the usual mode, not 0700.
     pub fn ensure(&self) -> Result<(), String> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| self.fail("create the directory of", e))
+        if let Some(parent) = self.dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| self.fail("create the directory of", e))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(self.fail("create the directory of", e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Reads the record, lets `f` change it, writes it back (atomically, under a lock).
@@ -306,6 +311,23 @@ mod tests {
         let path = dir.join(name);
         let key = Key::create(&path).unwrap();
         (path, key)
+    }
+
+    #[test]
+    fn only_the_state_directory_itself_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join(".local/share/netcage"));
+        store.ensure().unwrap();
+        store.ensure().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(".local/share/netcage")), 0o700);
+        // The parents get what any new directory gets here (the umask's mode).
+        std::fs::create_dir(dir.path().join("control")).unwrap();
+        assert_eq!(
+            mode(&dir.path().join(".local")),
+            mode(&dir.path().join("control"))
+        );
     }
 
     #[test]
