@@ -269,18 +269,22 @@ impl tower_service::Service<Uri> for Pinned {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let pinned = uri.host().and_then(|host| {
-            let default = if uri.scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            };
-            let key = (
-                crate::hosts::normalize(host),
-                uri.port_u16().unwrap_or(default),
-            );
-            self.pins.get(&key).copied()
-        });
+        // Most proxies have no port pins: then nothing is looked up per connection.
+        let pinned = uri
+            .host()
+            .filter(|_| !self.pins.is_empty())
+            .and_then(|host| {
+                let default = if uri.scheme_str() == Some("http") {
+                    80
+                } else {
+                    443
+                };
+                let key = (
+                    crate::hosts::normalize(host),
+                    uri.port_u16().unwrap_or(default),
+                );
+                self.pins.get(&key).copied()
+            });
         let uri = match pinned.map(|addr| format!("http://{addr}").parse::<Uri>()) {
             Some(Ok(to)) => to,
             _ => uri,
