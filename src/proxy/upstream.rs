@@ -35,6 +35,8 @@ pub struct Upstream {
     /// One per worker, and a last one for callers on no worker.
     clients: Vec<OnceLock<Clients>>,
     pub resolver: Resolver,
+    /// `--resolve NAME:PORT=IP:PORT` pins, for the connector ([`Pinned`]).
+    port_pins: Arc<HashMap<(String, u16), SocketAddr>>,
 }
 
 struct Clients {
@@ -54,7 +56,8 @@ impl Upstream {
             extra_roots: cfg.upstream_cas.clone(),
             tls: OnceLock::new(),
             clients: (0..=workers).map(|_| OnceLock::new()).collect(),
-            resolver: Resolver::new(&cfg.resolve, &cfg.resolve_ports, &cfg.policy.egress.allow),
+            resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
+            port_pins: Arc::new(cfg.resolve_ports.clone()),
         })
     }
 
@@ -80,6 +83,7 @@ impl Upstream {
             .get_or_init(|| client_config(&self.extra_roots))
             .clone();
         let resolver = self.resolver.clone();
+        let port_pins = self.port_pins.clone();
         let connector = |h2: bool| {
             let mut http = HttpConnector::new_with_resolver(resolver.clone());
             http.enforce_http(false);
@@ -87,7 +91,7 @@ impl Upstream {
             http.set_connect_timeout(Some(Duration::from_secs(10)));
             let http = Pinned {
                 http,
-                pins: resolver.port_pins.clone(),
+                pins: port_pins.clone(),
             };
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
@@ -129,7 +133,6 @@ fn client_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
 #[derive(Clone)]
 pub struct Resolver {
     pins: Arc<HashMap<String, IpAddr>>,
-    port_pins: Arc<HashMap<(String, u16), SocketAddr>>,
     /// What the policy allows by exact address or name although it is this machine or a
     /// metadata service (`allow = ["169.254.169.254"]`): trusted like a pin.
     trusted: Arc<Trusted>,
@@ -142,11 +145,7 @@ struct Trusted {
 }
 
 impl Resolver {
-    fn new(
-        pins: &HashMap<String, IpAddr>,
-        port_pins: &HashMap<(String, u16), SocketAddr>,
-        allow: &[String],
-    ) -> Self {
+    fn new(pins: &HashMap<String, IpAddr>, allow: &[String]) -> Self {
         let mut trusted = Trusted::default();
         for entry in allow {
             let name = crate::hosts::normalize(entry);
@@ -160,7 +159,6 @@ impl Resolver {
         }
         Resolver {
             pins: Arc::new(pins.clone()),
-            port_pins: Arc::new(port_pins.clone()),
             trusted: Arc::new(trusted),
         }
     }
@@ -318,7 +316,7 @@ mod tests {
 
     #[test]
     fn this_machine_and_metadata_need_a_pin_or_an_exact_allow() {
-        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &[]);
         for host in ["127.0.0.1", "[::1]", "169.254.169.254", "fd00:ec2::254"] {
             assert!(plain.refuse_literal(host).is_some(), "{host}");
         }
@@ -326,13 +324,13 @@ mod tests {
         assert!(plain.refuse_literal("api.github.com").is_none());
 
         let allow = ["169.254.169.254".to_owned(), "*.example.com".to_owned()];
-        let allowing = Resolver::new(&HashMap::new(), &HashMap::new(), &allow);
+        let allowing = Resolver::new(&HashMap::new(), &allow);
         assert!(allowing.refuse_literal("169.254.169.254").is_none());
         assert!(allowing.refuse_literal("127.0.0.1").is_some());
 
         let pins = HashMap::from([("127.0.0.1".to_owned(), "127.0.0.1".parse().unwrap())]);
         assert!(
-            Resolver::new(&pins, &HashMap::new(), &[])
+            Resolver::new(&pins, &[])
                 .refuse_literal("127.0.0.1")
                 .is_none()
         );
@@ -344,7 +342,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let to = listener.local_addr().unwrap();
         let pins = HashMap::from([(("localhost".to_owned(), 443), to)]);
-        let mut http = HttpConnector::new_with_resolver(Resolver::new(&HashMap::new(), &pins, &[]));
+        let mut http = HttpConnector::new_with_resolver(Resolver::new(&HashMap::new(), &[]));
         http.enforce_http(false);
         let mut pinned = Pinned {
             http,
@@ -360,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn numeric_names_for_metadata_addresses_are_refused_after_resolving() {
-        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &[]);
         // getaddrinfo reads each of these as 169.254.169.254 (inet_aton forms); no DNS query.
         for name in [
             "2852039166",
@@ -380,11 +378,7 @@ mod tests {
             assert!(plain.refuse_literal(host).is_some(), "{host}");
         }
         // An exact allow of the address lets every form of it through.
-        let allowing = Resolver::new(
-            &HashMap::new(),
-            &HashMap::new(),
-            &["169.254.169.254".to_owned()],
-        );
+        let allowing = Resolver::new(&HashMap::new(), &["169.254.169.254".to_owned()]);
         for name in ["2852039166", "::ffff:169.254.169.254"] {
             let found = allowing.lookup(name, 80).await.unwrap();
             assert_eq!(
@@ -397,10 +391,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_leading_to_loopback_is_refused_unless_allowed_exactly() {
-        let plain = Resolver::new(&HashMap::new(), &HashMap::new(), &[]);
+        let plain = Resolver::new(&HashMap::new(), &[]);
         let err = plain.lookup("localhost", 80).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-        let allowing = Resolver::new(&HashMap::new(), &HashMap::new(), &["localhost".to_owned()]);
+        let allowing = Resolver::new(&HashMap::new(), &["localhost".to_owned()]);
         assert!(!allowing.lookup("localhost", 80).await.unwrap().is_empty());
     }
 }
