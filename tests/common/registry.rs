@@ -18,33 +18,23 @@ pub const VALUE: &str = "netcage-matrix-42";
 pub const GO_MODULE: &str = "example.test/nctest";
 
 fn sh(dir: &Path, script: &str, args: &[&str]) {
-    let out = Command::new("sh")
-        .current_dir(dir)
-        .arg("-ec")
-        .arg(script)
-        .arg("sh")
-        .args(args)
-        .output()
-        .expect("sh runs");
-    assert!(
-        out.status.success(),
-        "fixture script failed: {script}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-ec").arg(script).arg("sh").args(args);
+    fixture(dir, cmd, script);
 }
 
 fn python(dir: &Path, script: &str, args: &[&str]) {
-    let out = Command::new("python3")
-        .current_dir(dir)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    fixture(dir, cmd, script);
+}
+
+/// Runs one step of making the fixtures in `dir`; panics with its output if it fails.
+fn fixture(dir: &Path, mut cmd: Command, script: &str) {
+    let out = cmd.current_dir(dir).output().expect("a fixture tool runs");
     assert!(
         out.status.success(),
-        "fixture script failed\n{}{}",
+        "fixture script failed: {script}\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
