@@ -64,6 +64,8 @@ pub struct Resolved {
     pub learn: Option<Learning>,
     /// `--write`: writable in the sandbox besides the working directory.
     pub write: Vec<PathBuf>,
+    /// Secret files besides the key file and audit log (a vault outside the data dir).
+    pub hide: Vec<PathBuf>,
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
@@ -145,6 +147,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             ));
         }
     }
+    let vault_path = super::vault::chosen(key_args, args).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     let learn = match args.learn.clone().map(Learning::new).transpose() {
         Ok(learn) => learn,
         Err(e) => {
@@ -162,7 +168,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .map_err(input_error)?;
     let key = load_or_ephemeral_key(key_args)?;
     let mut sealed = Vec::new();
-    let sealed_env = specs
+    let mut sealed_env: Vec<SealedVar> = specs
         .iter()
         .zip(values)
         .map(|(spec, value)| {
@@ -176,6 +182,15 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             }
         })
         .collect();
+    let mut hide = Vec::new();
+    if let Some(path) = &vault_path {
+        store.vouch_path(path, "vault").map_err(input_error)?;
+        let taken: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let from = super::vault::load(path, key_args, &key, args, &taken)?;
+        sealed_env.extend(from.vars);
+        sealed.extend(from.guard);
+        hide = from.hide;
+    }
     let audit_path = args
         .audit
         .clone()
@@ -227,6 +242,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         sealed_env,
         learn,
         write: args.write.clone(),
+        hide,
     })
 }
 
@@ -254,6 +270,7 @@ pub fn sandbox_config(
     ]
     .into_iter()
     .flatten()
+    .chain(resolved.hide)
     .collect();
     netcage::Started {
         cfg: resolved.proxy,

@@ -89,6 +89,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 sealed_env: started.sealed,
                 learn,
                 write: started.write,
+                hide: Vec::new(),
             };
             runtime()?.block_on(run_env_tier(args, resolved))
         }
