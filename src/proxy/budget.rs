@@ -33,6 +33,13 @@ pub struct Share {
     returned: Arc<AtomicU64>,
 }
 
+impl Share {
+    /// Bytes this share holds.
+    pub fn bytes(&self) -> u64 {
+        self.permit.num_permits() as u64
+    }
+}
+
 impl Drop for Share {
     fn drop(&mut self) {
         self.returned
@@ -60,13 +67,23 @@ impl Budget {
     /// Takes `bytes` (at most [`Budget::bytes`] and 4 GiB), waiting up to `wait` for room;
     /// `None` if there was none in time.
     pub async fn take(&self, bytes: u64, wait: Duration) -> Option<Share> {
-        let n = u32::try_from(bytes.min(self.bytes)).ok()?;
-        match tokio::time::timeout(wait, self.room.clone().acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Some(Share {
-                permit,
-                returned: self.returned.clone(),
-            }),
-            _ => None,
+        self.taking(bytes, wait).await
+    }
+
+    /// [`Budget::take`] as a future that does not borrow the budget (for a stream that keeps
+    /// it between polls).
+    pub fn taking(
+        &self,
+        bytes: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Option<Share>> + Send + 'static {
+        let n = u32::try_from(bytes.min(self.bytes)).ok();
+        let (room, returned) = (self.room.clone(), self.returned.clone());
+        async move {
+            match tokio::time::timeout(wait, room.acquire_many_owned(n?)).await {
+                Ok(Ok(permit)) => Some(Share { permit, returned }),
+                _ => None,
+            }
         }
     }
 
