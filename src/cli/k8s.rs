@@ -136,7 +136,10 @@ fn write_public(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 fn loopback_addrs(port: u16) -> [(SocketAddr, bool); 2] {
     [
         (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), true),
-        (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port), false),
+        (
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            false,
+        ),
     ]
 }
 

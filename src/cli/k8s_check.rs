@@ -33,7 +33,12 @@ pub fn check(text: &str, default_uid: u32) -> Result<Vec<String>, String> {
 
 fn check_doc(doc: &Value, default_uid: u32, out: &mut Vec<String>) {
     if doc.get("kind").and_then(Value::as_str) == Some("List") {
-        for item in doc.get("items").and_then(Value::as_array).into_iter().flatten() {
+        for item in doc
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             check_doc(item, default_uid, out);
         }
         return;
@@ -54,7 +59,11 @@ fn pod_spec(doc: &Value) -> Option<&Value> {
     let kind = doc.get("kind")?.as_str()?;
     let pointer = match kind {
         "Pod" => "/spec",
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
         | "ReplicationController" => "/spec/template/spec",
         "CronJob" => "/spec/jobTemplate/spec/template/spec",
         _ => return None,
@@ -152,7 +161,12 @@ fn env_secrets(c: &Value) -> Vec<String> {
             out.push(n.to_owned());
         }
     }
-    for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+    for e in c
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(n) = e.pointer("/secretRef/name").and_then(Value::as_str) {
             out.push(n.to_owned());
         }
@@ -194,7 +208,12 @@ fn check_pod(pod: &Value, default_uid: u32, say: &mut dyn FnMut(String)) {
         ("containers", false),
         ("ephemeralContainers", false),
     ] {
-        for c in pod.get(list).and_then(Value::as_array).into_iter().flatten() {
+        for c in pod
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let name = c
                 .get("name")
                 .and_then(Value::as_str)
@@ -372,7 +391,10 @@ spec:
             .replace("runAsUser: 1337", "runAsUser: 2000")
             .replace("runAsUser: 1000", "runAsUser: 2000");
         let found = check(&other, 1337).unwrap();
-        assert!(found.iter().any(|l| l.contains("runs as uid 2000")), "{found:?}");
+        assert!(
+            found.iter().any(|l| l.contains("runs as uid 2000")),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -415,7 +437,14 @@ spec:
 
     #[test]
     fn bad_yaml_is_one_line_and_never_a_panic() {
-        for text in ["a: [", "kind: Pod\nspec: 3\n", "- - - ", "\0\u{feff}", "{{{{", "kind: Pod\nspec:\n  containers: 5\n"] {
+        for text in [
+            "a: [",
+            "kind: Pod\nspec: 3\n",
+            "- - - ",
+            "\0\u{feff}",
+            "{{{{",
+            "kind: Pod\nspec:\n  containers: 5\n",
+        ] {
             match check(text, 1337) {
                 Ok(lines) => assert!(!lines.is_empty()),
                 Err(e) => assert!(!e.contains('\n'), "{e}"),

@@ -661,10 +661,7 @@ mod tests {
                 dns4: 40003,
                 ..Ports::default()
             })?;
-            load_pod(&PodRules {
-                port: 1,
-                ..rules
-            })?;
+            load_pod(&PodRules { port: 1, ..rules })?;
             load_pod(&rules)?;
             load_pod(&rules)
         });
