@@ -83,7 +83,7 @@ pub fn ready(args: K8sReadyArgs) -> anyhow::Result<u8> {
 
 /// `netcage k8s-check`.
 pub fn check(args: K8sCheckArgs) -> anyhow::Result<u8> {
-    let mut problems = 0;
+    let (mut problems, mut pods) = (0, 0);
     for file in &args.files {
         let (name, text) = if file.as_os_str() == "-" {
             let mut text = String::new();
@@ -99,18 +99,24 @@ pub fn check(args: K8sCheckArgs) -> anyhow::Result<u8> {
             })?;
             (file.display().to_string(), text)
         };
-        let found = super::k8s_check::check(&text, args.proxy_uid)
+        let (found, in_file) = super::k8s_check::check(&text, args.proxy_uid)
             .map_err(|e| input_error(format!("{name}: {e}")))?;
+        pods += in_file;
         for problem in &found {
             println!("{name}: {problem}");
         }
         problems += found.len();
     }
+    if pods == 0 {
+        return Err(input_error(
+            "no Pod or workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) in the files: give the manifest of the pod",
+        ));
+    }
     if problems > 0 {
         eprintln!("netcage: {problems} problem(s): the pod's egress is not enforced as it stands");
         return Ok(1);
     }
-    eprintln!("netcage: no problem found");
+    eprintln!("netcage: {pods} pod(s) checked, no problem found");
     Ok(0)
 }
 

@@ -12,38 +12,33 @@ use serde_json::Value;
 /// Capabilities that break the boundary when an app container adds them.
 const DANGEROUS: &[&str] = &["ALL", "NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SETUID"];
 
-/// The problems of every pod in `text` (YAML, one or more documents), one line each.
-pub fn check(text: &str, default_uid: u32) -> Result<Vec<String>, String> {
+/// The problems of every pod in `text` (YAML, one or more documents), one line each, and how
+/// many pods (or workloads) there were.
+pub fn check(text: &str, default_uid: u32) -> Result<(Vec<String>, usize), String> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
         let e = e.to_string();
         let first = e.lines().next().unwrap_or("").trim().to_owned();
         format!("not valid YAML: {first}")
     })?;
     let mut out = Vec::new();
+    let mut pods = 0;
     for doc in &docs {
-        check_doc(doc, default_uid, &mut out);
+        pods += check_doc(doc, default_uid, &mut out);
     }
-    if out.is_empty() && !docs.iter().any(|d| pod_spec(d).is_some()) {
-        out.push(
-            "no Pod or workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob) in the file: nothing to check".into(),
-        );
-    }
-    Ok(out)
+    Ok((out, pods))
 }
 
-fn check_doc(doc: &Value, default_uid: u32, out: &mut Vec<String>) {
+fn check_doc(doc: &Value, default_uid: u32, out: &mut Vec<String>) -> usize {
     if doc.get("kind").and_then(Value::as_str) == Some("List") {
-        for item in doc
+        return doc
             .get("items")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
-            check_doc(item, default_uid, out);
-        }
-        return;
+            .map(|item| check_doc(item, default_uid, out))
+            .sum();
     }
-    let Some(spec) = pod_spec(doc) else { return };
+    let Some(spec) = pod_spec(doc) else { return 0 };
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("?");
     let name = doc
         .pointer("/metadata/name")
@@ -52,6 +47,7 @@ fn check_doc(doc: &Value, default_uid: u32, out: &mut Vec<String>) {
     let what = format!("{kind}/{name}");
     let mut say = |line: String| out.push(format!("{what}: {line}"));
     check_pod(spec, default_uid, &mut say);
+    1
 }
 
 /// The pod template of a Pod or workload.
@@ -376,13 +372,15 @@ spec:
 
     #[test]
     fn a_good_pod_has_no_problem() {
-        assert_eq!(check(GOOD, 1337).unwrap(), Vec::<String>::new());
+        assert_eq!(check(GOOD, 1337).unwrap(), (Vec::<String>::new(), 1));
+        let none = check("kind: Secret\nmetadata: {name: s}\n", 1337).unwrap();
+        assert_eq!(none, (Vec::<String>::new(), 0));
     }
 
     #[test]
     fn an_app_as_the_proxy_uid_is_caught() {
         let bad = GOOD.replace("runAsUser: 1000", "runAsUser: 1337");
-        let found = check(&bad, 1337).unwrap();
+        let found = check(&bad, 1337).unwrap().0;
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("\"app\": runs as uid 1337"), "{found:?}");
         // The uid is k8s-init's, not the default.
@@ -390,7 +388,7 @@ spec:
             .replace("\"1337\"]", "\"2000\"]")
             .replace("runAsUser: 1337", "runAsUser: 2000")
             .replace("runAsUser: 1000", "runAsUser: 2000");
-        let found = check(&other, 1337).unwrap();
+        let found = check(&other, 1337).unwrap().0;
         assert!(
             found.iter().any(|l| l.contains("runs as uid 2000")),
             "{found:?}"
@@ -403,7 +401,7 @@ spec:
             .replace("  securityContext: {fsGroup: 1337}", "  hostNetwork: true\n  shareProcessNamespace: true")
             .replace("      runAsUser: 1000\n      allowPrivilegeEscalation: false\n      capabilities: {drop: [ALL]}", "      runAsUser: 1000\n      capabilities: {add: [NET_RAW, cap_net_admin]}")
             .replace("volumeMounts: [{name: shared, mountPath: /netcage}]", "volumeMounts: [{name: key, mountPath: /k}]\n    envFrom: [{secretRef: {name: netcage-values}}]");
-        let found = check(&bad, 1337).unwrap();
+        let found = check(&bad, 1337).unwrap().0;
         for needle in [
             "hostNetwork: true",
             "shareProcessNamespace: true",
@@ -429,7 +427,8 @@ spec:
             "kind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      containers:\n      - {name: app, securityContext: {runAsUser: 5, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}\n",
             1337,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("Deployment/d: no init container runs"));
         assert!(found[1].contains("no container runs `netcage proxy --transparent`"));
@@ -446,7 +445,7 @@ spec:
             "kind: Pod\nspec:\n  containers: 5\n",
         ] {
             match check(text, 1337) {
-                Ok(lines) => assert!(!lines.is_empty()),
+                Ok((lines, pods)) => assert!(pods == 0 || !lines.is_empty()),
                 Err(e) => assert!(!e.contains('\n'), "{e}"),
             }
         }
