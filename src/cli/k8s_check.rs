@@ -112,7 +112,7 @@ fn uid_of(c: &Value, pod: &Value) -> Option<u64> {
         .and_then(Value::as_u64)
 }
 
-fn caps<'a>(c: &'a Value, which: &str) -> Vec<String> {
+fn caps(c: &Value, which: &str) -> Vec<String> {
     c.pointer(&format!("/securityContext/capabilities/{which}"))
         .and_then(Value::as_array)
         .into_iter()
@@ -177,6 +177,11 @@ fn mounts(c: &Value) -> Vec<&str> {
         .flatten()
         .filter_map(|m| m.get("name").and_then(Value::as_str))
         .collect()
+}
+
+/// netcage's own containers: the init step and the sidecar.
+fn is_netcage(c: &Container) -> bool {
+    runs_sidecar(c.c) || (c.init && runs_k8s_init(c.c))
 }
 
 fn check_pod(pod: &Value, default_uid: u32, say: &mut dyn FnMut(String)) {
@@ -265,9 +270,7 @@ fn check_pod(pod: &Value, default_uid: u32, say: &mut dyn FnMut(String)) {
         }
         secret_names.extend(env_secrets(s.c));
     }
-    let apps = all
-        .iter()
-        .filter(|c| !(c.init && runs_k8s_init(c.c)) && !runs_sidecar(c.c));
+    let apps = all.iter().filter(|c| !is_netcage(c));
     for app in apps {
         let (c, name) = (app.c, &app.name);
         let mut say = |line: String| say(format!("container {name:?}: {line}"));
