@@ -28,6 +28,8 @@ use serde_json::Value;
 
 const NODE_IP: &str = "10.251.0.1";
 const POD_IP: &str = "10.251.0.2";
+const NODE_IP6: &str = "fd51::1";
+const POD_IP6: &str = "fd51::2";
 const PROXY_UID: u32 = 1337;
 const APP_UID: u32 = 1000;
 const SECRET: &str = "sk-real-secret-9f8e7d6c5b4a";
@@ -89,6 +91,19 @@ impl Namespaces {
         sh(&[
             "ip", "-n", &ns.pod, "route", "add", "default", "via", NODE_IP,
         ]);
+        for (n, dev, ip6) in [(&ns.node, "vnode", NODE_IP6), (&ns.pod, "vpod", POD_IP6)] {
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
         // Unprivileged ICMP sockets allowed in the pod, so that ICMP is stopped by the rules,
         // not by the sysctl.
         sh(&[
@@ -177,14 +192,15 @@ struct Recorders {
     seen: Arc<Seen>,
 }
 
-/// Listeners on the node's address: TCP and UDP on port 0, and DNS (UDP and TCP) on 53.
+/// Listeners on the node's addresses: TCP and UDP on port 0, and DNS (UDP and TCP) on 53.
 fn start_recorders(ns: &Namespaces) -> Recorders {
     let (tcp, udp, dns_udp, dns_tcp) = ns.in_node(|| {
         (
-            TcpListener::bind((NODE_IP, 0)).unwrap(),
-            UdpSocket::bind((NODE_IP, 0)).unwrap(),
-            UdpSocket::bind((NODE_IP, 53)).unwrap(),
-            TcpListener::bind((NODE_IP, 53)).unwrap(),
+            // `[::]`: IPv4 and IPv6 (the namespace's bindv6only is 0).
+            TcpListener::bind(("::", 0)).unwrap(),
+            UdpSocket::bind(("::", 0)).unwrap(),
+            UdpSocket::bind(("::", 53)).unwrap(),
+            TcpListener::bind(("::", 53)).unwrap(),
         )
     });
     let seen = Arc::new(Seen::default());
@@ -231,7 +247,7 @@ fn start_recorders(ns: &Namespaces) -> Recorders {
 /// Every direct way out, tried from inside the pod; prints one JSON object.
 const ATTEMPTS: &str = r#"
 import errno, json, os, socket, struct, subprocess, sys, time
-node, tcp_port, udp_port, secret_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+node, tcp_port, udp_port, secret_file, node6 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def err(e):
     return errno.errorcode.get(e.errno, str(e)) if getattr(e, "errno", None) else type(e).__name__
 out = {}
@@ -255,6 +271,25 @@ try:
     out["udp"] = "reply:" + s.recvfrom(100)[0].decode()
 except OSError as e:
     out["udp"] = err(e)
+# The same over IPv6.
+try:
+    s = socket.create_connection((node6, tcp_port), timeout=3)
+    s.sendall(b"DIRECT-TCP6\n")
+    s.settimeout(3)
+    try:
+        out["tcp6"] = "recv:" + s.recv(100).decode(errors="replace")
+    except OSError as e:
+        out["tcp6"] = "recv:" + err(e)
+    s.close()
+except OSError as e:
+    out["tcp6"] = err(e)
+try:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(b"DIRECT-UDP6", (node6, udp_port))
+    out["udp6"] = "reply:" + s.recvfrom(100)[0].decode()
+except OSError as e:
+    out["udp6"] = err(e)
 # DNS to the node's resolver, UDP and TCP (the rules send both to the sidecar).
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + struct.pack(">HH", 1, 1)
 try:
@@ -369,6 +404,10 @@ fn files(ca: &TestCa) -> Files {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What the recorders count after the control: TCP and UDP over IPv4 and IPv6, one DNS query
+/// over UDP and one over TCP.
+const CONTROL: [usize; 4] = [2, 2, 1, 1];
 
 #[test]
 fn the_pod_gets_out_only_through_the_sidecar_and_not_at_all_without_it() {
@@ -495,28 +534,36 @@ fn the_pod_gets_out_only_through_the_sidecar_and_not_at_all_without_it() {
     // The control: the same attempts as the proxy's uid reach every recorder (so the
     // recorders and attempts work, and an app as uid 1337 would get out: k8s-check's case).
     let mut control = ns.in_pod(Some(PROXY_UID), "", python);
-    control.args(["-c", ATTEMPTS, NODE_IP, &tcp, &udp, ""]);
+    control.args(["-c", ATTEMPTS, NODE_IP, &tcp, &udp, "", NODE_IP6]);
     let got = python_json(&mut control);
+    eprintln!("control attempts: {got}");
     wait_until(Duration::from_secs(5), "the control's packets", || {
-        seen(&rec.seen) == [1, 1, 1, 1]
+        seen(&rec.seen) == CONTROL
     });
     assert_eq!(got["udp"], "reply:DIRECT-UDP", "{got}");
+    assert_eq!(got["udp6"], "reply:DIRECT-UDP6", "{got}");
     assert_eq!(got["icmp"], "reply:type0", "{got}");
-    assert_eq!(
-        rec.seen.tcp_peers.lock().unwrap()[0].ip().to_string(),
-        POD_IP
-    );
+    let peers: Vec<String> = rec
+        .seen
+        .tcp_peers
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.ip().to_canonical().to_string())
+        .collect();
+    assert_eq!(peers, [POD_IP, POD_IP6]);
 
     // The app: nothing reaches the node.
-    let got = app(ATTEMPTS, &[NODE_IP, &tcp, &udp, &secret_s]);
+    let got = app(ATTEMPTS, &[NODE_IP, &tcp, &udp, &secret_s, NODE_IP6]);
     eprintln!("app attempts: {got}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         seen(&rec.seen),
-        [1, 1, 1, 1],
+        CONTROL,
         "the app got past the rules: {got}"
     );
     assert_ne!(got["udp"], "reply:DIRECT-UDP", "{got}");
+    assert_ne!(got["udp6"], "reply:DIRECT-UDP6", "{got}");
     assert!(
         !got["icmp"].as_str().unwrap_or("").starts_with("reply"),
         "{got}"
@@ -537,16 +584,14 @@ fn the_pod_gets_out_only_through_the_sidecar_and_not_at_all_without_it() {
     upstream.clear();
     let got = app(REQUESTS, &[&url, &bundle_s, &tokens_s, &presealed]);
     assert_ne!(got["sidecar"], 200, "{got}");
-    let got2 = app(ATTEMPTS, &[NODE_IP, &tcp, &udp, ""]);
+    let got2 = app(ATTEMPTS, &[NODE_IP, &tcp, &udp, "", NODE_IP6]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(upstream.requests().is_empty(), "{got}");
     assert_eq!(
         seen(&rec.seen),
-        [1, 1, 1, 1],
+        CONTROL,
         "egress without the sidecar: {got2}"
     );
-    assert!(
-        matches!(got2["tcp"].as_str(), Some("ECONNREFUSED")),
-        "{got2}"
-    );
+    assert_eq!(got2["tcp"], "ECONNREFUSED", "{got2}");
+    assert_eq!(got2["tcp6"], "ECONNREFUSED", "{got2}");
 }

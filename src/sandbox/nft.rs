@@ -36,6 +36,9 @@ const NF_DROP: i32 = 0;
 const NFT_RETURN: i32 = -5;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+/// nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report
+const ICMPV6_NEIGHBOUR_DISCOVERY: [u8; 4] = [133, 135, 136, 143];
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -66,7 +69,7 @@ pub fn load(ports: &Ports) -> Result<(), String> {
     let mut nat = dns_rules(ports);
     nat.extend(loopback_returns());
     nat.extend(tcp_rules(ports));
-    let filter = filter_rules(None, Expr::Verdict(NF_DROP));
+    let filter = filter_rules(None, &[], Expr::Verdict(NF_DROP));
     send_batch(&batch(&nat, &filter, false))
 }
 
@@ -80,7 +83,15 @@ pub fn load_pod(rules: &PodRules) -> Result<(), String> {
     nat.extend(loopback_returns());
     nat.extend(dns_rules(&ports));
     nat.extend(tcp_rules(&ports));
-    let filter = filter_rules(Some(rules.proxy_uid), Expr::RejectAdminProhibited);
+    // The kernel's own IPv6 neighbour discovery has no socket (so no uid) and no conntrack
+    // state: without these the sidecar could reach no IPv6 address off the pod. The app
+    // cannot send them itself: an ICMPv6 ping socket sends only echo requests, and raw
+    // sockets need NET_RAW.
+    let filter = filter_rules(
+        Some(rules.proxy_uid),
+        &ICMPV6_NEIGHBOUR_DISCOVERY,
+        Expr::RejectAdminProhibited,
+    );
     send_batch(&batch(&nat, &filter, true))
 }
 
@@ -343,8 +354,24 @@ fn tcp_rules(p: &Ports) -> Vec<Vec<Expr>> {
 
 /// Established/related and loopback accepted (and first the proxy's uid, when it is
 /// exempt), everything else logged to NFLOG and given `last` (drop or reject).
-fn filter_rules(exempt_uid: Option<u32>, last: Expr) -> Vec<Vec<Expr>> {
+fn filter_rules(exempt_uid: Option<u32>, icmpv6_types: &[u8], last: Expr) -> Vec<Vec<Expr>> {
     let exempt = exempt_uid.map(|uid| uid_is(uid, NF_ACCEPT));
+    // `icmpv6 type T accept`
+    let icmpv6 = icmpv6_types.iter().map(|&t| {
+        let mut r = family(NFPROTO_IPV6);
+        r.extend(l4(IPPROTO_ICMPV6));
+        r.push(Expr::Payload {
+            base: PAYLOAD_TRANSPORT,
+            offset: 0,
+            len: 1,
+        });
+        r.push(Expr::Cmp {
+            neq: false,
+            data: vec![t],
+        });
+        r.push(Expr::Verdict(NF_ACCEPT));
+        r
+    });
     let established = vec![
         Expr::CtState,
         Expr::And(CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec()),
@@ -367,7 +394,9 @@ fn filter_rules(exempt_uid: Option<u32>, last: Expr) -> Vec<Vec<Expr>> {
     ];
     exempt
         .into_iter()
-        .chain([established, v4, v6, log])
+        .chain([established, v4, v6])
+        .chain(icmpv6)
+        .chain([log])
         .collect()
 }
 

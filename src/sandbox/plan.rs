@@ -109,7 +109,8 @@ impl PodRules {
 /// The pod's ruleset: the proxy's uid is exempt, loopback is left alone, DNS goes to the
 /// sidecar's resolver and every other TCP connection to its transparent listener; anything
 /// else (UDP, ICMP, other protocols) that would leave the pod is logged to NFLOG and rejected
-/// (`admin-prohibited`). Established connections (inbound ones included) are accepted.
+/// (`admin-prohibited`). Established connections (inbound ones included) are accepted, and so
+/// is the kernel's IPv6 neighbour discovery (no socket, so no uid to tell it by).
 pub fn pod_nft_ruleset(r: &PodRules) -> String {
     let (uid, port, dns) = (r.proxy_uid, r.port, r.dns_port);
     format!(
@@ -132,6 +133,10 @@ pub fn pod_nft_ruleset(r: &PodRules) -> String {
     ct state established,related accept
     ip daddr 127.0.0.0/8 accept
     ip6 daddr ::1 accept
+    icmpv6 type nd-router-solicit accept
+    icmpv6 type nd-neighbor-solicit accept
+    icmpv6 type nd-neighbor-advert accept
+    icmpv6 type mld2-listener-report accept
     log group {NFLOG_GROUP} prefix \"netcage-drop\" reject with icmpx type admin-prohibited
   }}
 }}
