@@ -126,6 +126,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             )),
         }
     }
+    let aws = aws_keys(args, &policy).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     // Writable paths must exist: a typo must not quietly become a smaller sandbox (or, with
     // --tier auto, a fallback to Tier 0).
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -162,7 +166,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .map_err(input_error)?;
     let key = load_or_ephemeral_key(key_args)?;
     let mut sealed = Vec::new();
-    let sealed_env = specs
+    let mut sealed_env: Vec<SealedVar> = specs
         .iter()
         .zip(values)
         .map(|(spec, value)| {
@@ -176,6 +180,27 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             }
         })
         .collect();
+    let mut aws_credentials = Vec::new();
+    if let Some((keys, hosts)) = aws {
+        let secret = keys.secret_access_key.clone();
+        let session = keys.session_token.clone();
+        let aws = netcage::aws::seal(&key, keys, &hosts);
+        // The leak guard's copies: the real key (which the command never gets) and the
+        // session token may not go to other hosts.
+        let secret_token = &aws.vars[1].token;
+        sealed.push(SealedValue::new(&secret, &hosts, secret_token));
+        if let (Some(value), Some(token)) = (session, &aws.session_token) {
+            sealed.push(SealedValue::new(&value, &hosts, token));
+        }
+        eprintln!(
+            "netcage: AWS key sealed for SigV4: the command gets the stand-in key id {} ({}), re-signed for {}",
+            aws.credential.standin_id,
+            aws.credential.fingerprint,
+            hosts.join(", ")
+        );
+        sealed_env.extend(aws.vars);
+        aws_credentials.push(aws.credential);
+    }
     let audit_path = args
         .audit
         .clone()
@@ -223,11 +248,49 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             audit: Arc::new(audit),
             ca: Arc::new(ca),
             sealed,
+            aws: aws_credentials,
         },
         sealed_env,
         learn,
         write: args.write.clone(),
     })
+}
+
+/// `--seal-aws[=PROFILE]` / `[secrets] aws`: the real keys and the hosts they may sign for
+/// (`*.amazonaws.com`, `amazonaws.com`, then `--seal-aws-host` and `secrets.aws_hosts`), or
+/// `None` when no AWS key is sealed. The flag wins over the policy.
+fn aws_keys(
+    args: &PolicyArgs,
+    policy: &Policy,
+) -> Result<Option<(netcage::aws::AwsKeys, Vec<String>)>, String> {
+    use netcage::aws::Source;
+    use netcage::policy::AwsSeal;
+    let source = match (&args.seal_aws, &policy.secrets.aws) {
+        (Some(Some(profile)), _) => Some(Source::Profile(profile.clone())),
+        (Some(None), _) | (None, Some(AwsSeal::On(true))) => Some(Source::Default),
+        (None, Some(AwsSeal::Profile(profile))) => Some(Source::Profile(profile.clone())),
+        (None, Some(AwsSeal::On(false)) | None) => None,
+    };
+    for host in &args.seal_aws_host {
+        netcage::hosts::validate_pattern(host).map_err(|e| format!("--seal-aws-host {e}"))?;
+    }
+    let Some(source) = source else {
+        if !args.seal_aws_host.is_empty() {
+            return Err("--seal-aws-host: no AWS key is sealed; add --seal-aws (or [secrets] aws = true in the policy)".into());
+        }
+        return Ok(None);
+    };
+    let keys = netcage::aws::load(&source, &|name| std::env::var(name).ok())?;
+    let mut hosts: Vec<String> = netcage::aws::DEFAULT_HOSTS
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    for host in args.seal_aws_host.iter().chain(&policy.secrets.aws_hosts) {
+        if !hosts.contains(host) {
+            hosts.push(host.clone());
+        }
+    }
+    Ok(Some((keys, hosts)))
 }
 
 /// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and

@@ -35,6 +35,8 @@ pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
 pub(in crate::proxy) struct Outgoing {
     pub body: ProxyBody,
     pub bytes_up: Arc<AtomicU64>,
+    /// The body as it goes upstream when it was read whole (SigV4 re-signing hashes it).
+    pub whole: Option<Bytes>,
 }
 
 /// The body of the request whose head is `parts`, ready to go upstream (`Content-Length` in
@@ -49,10 +51,15 @@ pub(in crate::proxy) async fn prepare(
     let bytes_up = Arc::new(AtomicU64::new(0));
     let length = incoming.size_hint().exact();
     let buffered = BODY_BUFFER_LIMIT.min(proxy.bodies.bytes());
+    let mut whole = None;
     let body = if incoming.is_end_stream() {
+        whole = Some(Bytes::new());
         body::empty()
     } else if let Some(length) = length.filter(|n| *n <= buffered) {
-        read_whole(proxy, parts, incoming, length, &bytes_up, checks, event).await?
+        let (body, data) =
+            read_whole(proxy, parts, incoming, length, &bytes_up, checks, event).await?;
+        whole = Some(data);
+        body
     } else {
         parts.headers.remove(header::CONTENT_LENGTH);
         let scan = Substitute {
@@ -63,7 +70,11 @@ pub(in crate::proxy) async fn prepare(
         let incoming = Stall::new(incoming, stall(proxy), Silent::RequestBody);
         Transformed::new(incoming, scan, bytes_up.clone()).boxed_unsync()
     };
-    Ok(Outgoing { body, bytes_up })
+    Ok(Outgoing {
+        body,
+        bytes_up,
+        whole,
+    })
 }
 
 fn stall(proxy: &Proxy) -> std::time::Duration {
@@ -80,7 +91,7 @@ async fn read_whole(
     bytes_up: &AtomicU64,
     checks: &Checks,
     event: &mut Event,
-) -> Result<ProxyBody, Stop> {
+) -> Result<(ProxyBody, Bytes), Stop> {
     let (decider, name) = (&checks.decider, checks.name.as_str());
     let limits = &proxy.cfg.policy.limits;
     let wait = limits.body_wait_secs;
@@ -124,7 +135,7 @@ async fn read_whole(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Ok(Held::new(out, share).boxed_unsync())
+    Ok((Held::new(out.clone(), share).boxed_unsync(), out))
 }
 
 /// `data` with its tokens decided at `location` and substituted; empty when a token is

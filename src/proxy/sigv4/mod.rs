@@ -1,0 +1,154 @@
+//! SigV4 re-signing (`--seal-aws`): a request signed with a stand-in key id (`aws.rs`) is
+//! checked against the stand-in's hosts before anything is sent ([`check`], after the head
+//! stage), then, once the request is what goes upstream (headers, target and body final),
+//! signed again with the real key by the `aws-sigv4` crate ([`resign`]): the same signed
+//! headers, region, service, date and payload hash mode.
+//!
+//! ```text
+//! mod.rs     the two steps, the refusals
+//! parse.rs   Authorization / presigned query parsing, X-Amz-Date
+//! sign.rs    the signature by aws-sigv4 with the real key, applied to the request
+//! ```
+//!
+//! Payload hash modes: a literal SHA-256 in `x-amz-content-sha256` is recomputed over the body
+//! as sent when the body was read whole (substitution may have changed it), kept otherwise;
+//! `UNSIGNED-PAYLOAD` and `STREAMING-UNSIGNED-PAYLOAD-TRAILER` are kept (only the seed
+//! signature covers the head); no header (services other than S3) means the hash of the body
+//! as sent. `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` (chunk signatures chained from the seed) and
+//! SigV4a are refused with a 403 naming the mode.
+
+mod parse;
+mod sign;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::Proxy;
+use super::body::ProxyBody;
+use super::stages::{Checks, Stop, blocked, refuse};
+use crate::audit::Event;
+
+pub(in crate::proxy) use parse::{Location, Signature};
+
+/// A request to re-sign: its signature and the sealed key (index into `ProxyConfig::aws`).
+pub(in crate::proxy) struct Resign {
+    signature: Signature,
+    credential: usize,
+    /// The client's `X-Amz-Date`.
+    amz_date: String,
+}
+
+/// Payload modes whose body carries signatures chained from the seed: not re-signed.
+const CHAINED: &[&str] = &[
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+    "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
+];
+
+/// Whether `req` is signed with a stand-in, and if so whether this host may get it signed
+/// with the real key: `Ok(None)` for any other request (passed on as it is).
+pub(in crate::proxy) fn check(
+    proxy: &Proxy,
+    req: &Request<Incoming>,
+    checks: &Checks,
+    event: &mut Event,
+) -> Result<Option<Resign>, Stop> {
+    if proxy.cfg.aws.is_empty() {
+        return Ok(None);
+    }
+    let from_header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse::authorization);
+    let (signature, location) = match from_header {
+        Some(sig) => (sig, "header:authorization"),
+        None => match req.uri().query().and_then(parse::query) {
+            Some(sig) => (sig, "target"),
+            None => return Ok(None),
+        },
+    };
+    let Some(credential) = proxy
+        .cfg
+        .aws
+        .iter()
+        .position(|c| c.standin_id == signature.key_id)
+    else {
+        return Ok(None);
+    };
+    let sealed = &proxy.cfg.aws[credential];
+    let decider = &checks.decider;
+    if let Err(block) = decider.sigv4(location, &sealed.fingerprint, &sealed.hosts) {
+        return Err(blocked(event, decider, &block));
+    }
+    let name = checks.name.as_str();
+    if signature.algorithm != parse::HMAC {
+        return Err(refuse(
+            event,
+            StatusCode::FORBIDDEN,
+            name,
+            format!(
+                "SigV4a ({}) is not re-signed by netcage; configure the client for SigV4 (AWS4-HMAC-SHA256)",
+                signature.algorithm
+            ),
+        ));
+    }
+    let mode = req
+        .headers()
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok());
+    if let Some(mode) = mode.filter(|m| CHAINED.contains(m)) {
+        return Err(refuse(
+            event,
+            StatusCode::FORBIDDEN,
+            name,
+            format!(
+                "the payload mode {mode} (chunk signatures chained from the request's) is not re-signed by netcage; use HTTPS with UNSIGNED-PAYLOAD or a payload hash (the SDKs' default over HTTPS)"
+            ),
+        ));
+    }
+    let amz_date = match signature.location {
+        Location::Header => req
+            .headers()
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        Location::Query { .. } => req
+            .uri()
+            .query()
+            .and_then(|q| parse::param(q, "X-Amz-Date")),
+    };
+    let amz_date = match amz_date {
+        Some(d) if parse::amz_date(&d).is_some() && d.starts_with(&signature.date) => d,
+        _ => {
+            return Err(refuse(
+                event,
+                StatusCode::BAD_REQUEST,
+                name,
+                "the SigV4 request has no X-Amz-Date matching its credential scope's date (netcage re-signs for the client's own time)".into(),
+            ));
+        }
+    };
+    Ok(Some(Resign {
+        signature,
+        credential,
+        amz_date,
+    }))
+}
+
+/// Signs `req` (as it goes upstream) with the real key; `whole` is its body when it was read
+/// whole (None: streamed).
+pub(in crate::proxy) fn resign(
+    proxy: &Proxy,
+    req: &mut Request<ProxyBody>,
+    resign: &Resign,
+    whole: Option<&Bytes>,
+    checks: &Checks,
+    event: &mut Event,
+) -> Result<(), Stop> {
+    let credential = &proxy.cfg.aws[resign.credential];
+    sign::apply(req, resign, &credential.real, whole)
+        .map_err(|reason| refuse(event, StatusCode::FORBIDDEN, &checks.name, reason))
+}

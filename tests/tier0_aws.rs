@@ -1,0 +1,100 @@
+//! SigV4 re-signing (`--seal-aws`) in Tier 0 (`--tier env`): the aws CLI and boto3 against a
+//! local S3/STS endpoint that verifies signatures with the real key (tests/tier0/aws_body.rs),
+//! and the user mistakes `--seal-aws` answers in one line.
+
+mod common;
+
+const TIER: &str = "env";
+
+include!("tier0/aws_body.rs");
+
+/// The verifier can fail: a request signed by the stand-in's token (what the command would
+/// send without netcage re-signing it) is refused, one signed by the real key passes.
+#[test]
+fn the_verifying_upstream_refuses_any_key_but_the_real_one() {
+    let fx = AwsFx::new();
+    let script = r#"
+import sys, boto3, botocore.exceptions
+s3 = boto3.client("s3", endpoint_url="https://127.0.0.1:" + sys.argv[1], verify=sys.argv[2],
+                  aws_access_key_id=sys.argv[3], aws_secret_access_key=sys.argv[4], region_name="us-east-1")
+try:
+    print("OK", len(s3.list_buckets()["Buckets"]))
+except botocore.exceptions.ClientError as e:
+    print("REFUSED", e.response["Error"]["Code"])
+"#;
+    let run = |id: &str, secret: &str| {
+        let mut cmd = std::process::Command::new("python3");
+        isolate_client_env(&mut cmd, fx.env.root());
+        cmd.args(["-c", script, &fx.port().to_string()])
+            .arg(fx.ca())
+            .args([id, secret])
+            .env("AWS_CONFIG_FILE", fx.env.path("aws-config"));
+        stdout_str(&run_with_timeout(&mut cmd, Duration::from_secs(60)))
+    };
+    assert!(run(REAL_ID, "starpod:v1:not-the-real-key").contains("REFUSED SignatureDoesNotMatch"));
+    assert!(run("AKIANETC000000000000", REAL_SECRET).contains("REFUSED SignatureDoesNotMatch"));
+    assert!(run(REAL_ID, REAL_SECRET).contains("OK 1"));
+}
+
+#[test]
+fn seal_aws_mistakes_are_one_line_each() {
+    let fx = AwsFx::new();
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &["--seal-aws"],
+            &[("AWS_ACCESS_KEY_ID", "")],
+            "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            &["--seal-aws"],
+            &[("AWS_SECRET_ACCESS_KEY", "")],
+            "AWS_SECRET_ACCESS_KEY is not",
+        ),
+        (
+            &["--seal-aws=nope"],
+            &[],
+            "--seal-aws=nope: no profile nope in",
+        ),
+        (
+            &["--seal-aws-host", "s3.example"],
+            &[],
+            "--seal-aws-host: no AWS key is sealed",
+        ),
+        (
+            &["--seal-aws", "--seal-aws-host", "bad host"],
+            &[],
+            "--seal-aws-host",
+        ),
+    ];
+    for (opts, env, want) in cases {
+        let mut cmd = fx.run_cmd(opts, &["true"]);
+        for (k, v) in *env {
+            cmd.env(k, v);
+        }
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{opts:?}: {}", describe(&out));
+        assert!(stderr.contains(want), "{opts:?}: want {want:?} in {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{opts:?}: {stderr}");
+        assert!(free_of(&out.stderr, REAL_SECRET.as_bytes()));
+    }
+    // A profile of the shared credentials file.
+    std::fs::write(
+        fx.env.path("credentials"),
+        format!("[work]\naws_access_key_id = {REAL_ID}\naws_secret_access_key = {REAL_SECRET}\n"),
+    )
+    .unwrap();
+    let mut cmd = fx.run_cmd(
+        &["--seal-aws=work"],
+        &["sh", "-c", "echo $AWS_ACCESS_KEY_ID"],
+    );
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", fx.env.path("credentials"));
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success() && stdout_str(&out).starts_with("AKIANETC"),
+        "{}",
+        describe(&out)
+    );
+}
