@@ -63,7 +63,7 @@ def expected_signature(method, host, raw_path, query, headers, body, presigned):
         _, fields = parse_auth(headers.get("authorization", ""))
         credential = fields["Credential"]
         signed = fields["SignedHeaders"].split(";")
-        amz_date = headers["x-amz-date"]
+        amz_date = headers.get("x-amz-date", "")
     key_id, date, region, service, _ = credential.split("/")
     if key_id != REAL_ID:
         return None, f"credential key id {key_id!r} is not the real one"
@@ -72,7 +72,8 @@ def expected_signature(method, host, raw_path, query, headers, body, presigned):
     url = f"https://{host}{raw_path}" + (f"?{query}" if query else "")
     picked = [(n, headers.get_all(n)) for n in signed]
     req = AWSRequest(method=method, url=url, data=body)
-    req.headers.clear()
+    for name in list(req.headers.keys()):
+        del req.headers[name]
     for name, values in picked:
         for v in values:
             req.headers[name] = v

@@ -186,7 +186,12 @@ aws --endpoint-url https://s3.amazonaws.com s3 ls s3://netcage-test/
 aws --endpoint-url https://sts.amazonaws.com sts get-caller-identity --output text";
     let out = fx.run(&["--seal-aws"], &["sh", "-c", script]);
     let text = out_text(&out);
-    assert!(out.status.success(), "aws CLI failed: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "aws CLI failed: {}\nthe upstream received: {:#?}",
+        describe(&out),
+        fx.received()
+    );
     assert_no_secret("aws cli", &out);
     assert!(text.contains("id=AKIANETC") && text.contains("secret=starpod:v1:"), "{text}");
     assert!(text.contains("netcage-test") && text.contains("big.bin"), "{text}");
@@ -203,16 +208,26 @@ aws --endpoint-url https://sts.amazonaws.com sts get-caller-identity --output te
 }
 
 const BOTO3: &str = r#"
-import os, sys, urllib.request, ssl, boto3
+import os, sys, urllib.error, urllib.request, ssl, boto3
 s3 = boto3.client("s3", endpoint_url="https://s3.amazonaws.com")
 s3.put_object(Bucket="netcage-test", Key="small.txt", Body=b"hello sigv4")
 keys = [o["Key"] for o in s3.list_objects_v2(Bucket="netcage-test")["Contents"]]
 body = s3.get_object(Bucket="netcage-test", Key="small.txt")["Body"].read()
 sts = boto3.client("sts", endpoint_url="https://sts.amazonaws.com")
 account = sts.get_caller_identity()["Account"]
+# SigV2 (boto3's default for presigned S3 URLs here) is refused with a clear reason.
+try:
+    urllib.request.urlopen(s3.generate_presigned_url("get_object", Params={"Bucket": "netcage-test", "Key": "small.txt"}), context=ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE")))
+    sys.exit("a SigV2 presigned URL went through")
+except urllib.error.HTTPError as e:
+    assert e.code == 403 and b"SigV2" in e.read(), e
+s3 = boto3.client("s3", endpoint_url="https://s3.amazonaws.com", config=boto3.session.Config(signature_version="s3v4"))
 url = s3.generate_presigned_url("get_object", Params={"Bucket": "netcage-test", "Key": "small.txt"}, ExpiresIn=600)
 ctx = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
-presigned = urllib.request.urlopen(url, context=ctx).read()
+try:
+    presigned = urllib.request.urlopen(url, context=ctx).read()
+except urllib.error.HTTPError as e:
+    sys.exit(f"presigned GET {e.code}: {e.read()!r}")
 print("keys", keys, "body", body.decode(), "account", account, "presigned", presigned.decode())
 "#;
 
@@ -223,7 +238,12 @@ fn boto3_with_a_session_token_gets_it_substituted_and_presigned_urls_re_signed()
     cmd.env("AWS_SESSION_TOKEN", REAL_SESSION);
     let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
     let text = out_text(&out);
-    assert!(out.status.success(), "boto3 failed: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "boto3 failed: {}\nthe upstream received: {:#?}",
+        describe(&out),
+        fx.received()
+    );
     assert_no_secret("boto3", &out);
     assert!(free_of(&out.stdout, REAL_SESSION.as_bytes()), "stdout shows the session token");
     assert!(

@@ -58,16 +58,15 @@ pub(in crate::proxy) fn check(
     if proxy.cfg.aws.is_empty() {
         return Ok(None);
     }
-    let from_header = req
+    let authorization = req
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse::authorization);
-    let (signature, location) = match from_header {
+        .and_then(|v| v.to_str().ok());
+    let (signature, location) = match authorization.and_then(parse::authorization) {
         Some(sig) => (sig, "header:authorization"),
         None => match req.uri().query().and_then(parse::query) {
             Some(sig) => (sig, "target"),
-            None => return Ok(None),
+            None => return sigv2(proxy, authorization, req, checks, event).map(|()| None),
         },
     };
     let Some(credential) = proxy
@@ -136,6 +135,39 @@ pub(in crate::proxy) fn check(
         credential,
         amz_date,
     }))
+}
+
+/// A SigV2 signature made with a stand-in (boto3's default for S3 presigned URLs without
+/// `signature_version="s3v4"`): blocked for an unbound host like any stand-in, refused for a
+/// bound one (netcage re-signs SigV4 only).
+fn sigv2(
+    proxy: &Proxy,
+    authorization: Option<&str>,
+    req: &Request<Incoming>,
+    checks: &Checks,
+    event: &mut Event,
+) -> Result<(), Stop> {
+    let Some(key_id) = parse::sigv2_key_id(authorization, req.uri().query()) else {
+        return Ok(());
+    };
+    let Some(sealed) = proxy.cfg.aws.iter().find(|c| c.standin_id == key_id) else {
+        return Ok(());
+    };
+    let location = if authorization.is_some_and(|a| a.starts_with("AWS ")) {
+        "header:authorization"
+    } else {
+        "target"
+    };
+    let decider = &checks.decider;
+    if let Err(block) = decider.sigv4(location, &sealed.fingerprint, &sealed.hosts) {
+        return Err(blocked(event, decider, &block));
+    }
+    Err(refuse(
+        event,
+        StatusCode::FORBIDDEN,
+        &checks.name,
+        "the request is signed with SigV2, which netcage does not re-sign; use SigV4 (boto3/botocore: Config(signature_version=\"s3v4\"))".into(),
+    ))
 }
 
 /// Signs `req` (as it goes upstream) with the real key; `whole` is its body when it was read

@@ -128,6 +128,17 @@ fn signature(
     })
 }
 
+/// The key id of a SigV2 signature (`Authorization: AWS KEYID:SIG`, or a presigned URL's
+/// `AWSAccessKeyId`), which netcage recognises only to refuse.
+pub fn sigv2_key_id(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(rest) = authorization.and_then(|a| a.trim().strip_prefix("AWS "))
+        && let Some((id, _)) = rest.split_once(':')
+    {
+        return Some(id.trim().to_owned());
+    }
+    query.and_then(|q| param(q, "AWSAccessKeyId"))
+}
+
 /// `YYYYMMDDTHHMMSSZ` as a time.
 pub fn amz_date(text: &str) -> Option<SystemTime> {
     let b = text.as_bytes();
@@ -225,6 +236,25 @@ mod tests {
         );
         assert_eq!(without_query_signature("/b?X-Amz-Signature=1"), "/b");
         assert_eq!(without_query_signature("/b"), "/b");
+    }
+
+    #[test]
+    fn sigv2_key_ids() {
+        assert_eq!(
+            sigv2_key_id(Some("AWS AKIAX:c2ln"), None).as_deref(),
+            Some("AKIAX")
+        );
+        assert_eq!(
+            sigv2_key_id(None, Some("AWSAccessKeyId=AKIAY&Signature=x")).as_deref(),
+            Some("AKIAY")
+        );
+        assert!(
+            sigv2_key_id(
+                Some("AWS4-HMAC-SHA256 Credential=a/b/c/d/aws4_request"),
+                Some("a=b")
+            )
+            .is_none()
+        );
     }
 
     #[test]
