@@ -34,6 +34,24 @@ except botocore.exceptions.ClientError as e:
     assert!(run(REAL_ID, "starpod:v1:not-the-real-key").contains("REFUSED SignatureDoesNotMatch"));
     assert!(run("AKIANETC000000000000", REAL_SECRET).contains("REFUSED SignatureDoesNotMatch"));
     assert!(run(REAL_ID, REAL_SECRET).contains("OK 1"));
+    // A chunk signature that is not the real key's is refused too.
+    let streamed = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new("python3");
+        isolate_client_env(&mut cmd, fx.env.root());
+        let url = format!("https://127.0.0.1:{}/netcage-test/streamed.bin", fx.port());
+        cmd.args(["-c", STREAMING, &url])
+            .arg(fx.ca())
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", REAL_ID)
+            .env("AWS_SECRET_ACCESS_KEY", REAL_SECRET);
+        stdout_str(&run_with_timeout(&mut cmd, Duration::from_secs(60)))
+    };
+    assert!(streamed(&[]).contains("status 200"));
+    let bad = streamed(&["bad-chunk"]);
+    assert!(
+        bad.contains("status 403") && bad.contains("chunk signature"),
+        "{bad}"
+    );
 }
 
 #[test]

@@ -41,6 +41,36 @@ def log(entry):
         f.write(json.dumps(entry) + "\n")
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def verify_signed_chunks(body, seed, amz_date, scope):
+    """The data of a STREAMING-AWS4-HMAC-SHA256-PAYLOAD body whose every chunk signature,
+    chained from the seed, is the real key's; None if one is not."""
+    date, region, service = scope
+    key = ("AWS4" + REAL_SECRET).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    previous, rest, out = seed, body, bytearray()
+    while True:
+        line, _, rest = rest.partition(b"\r\n")
+        size_hex, _, ext = line.partition(b";")
+        got = ext.partition(b"chunk-signature=")[2].decode()
+        size = int(size_hex, 16)
+        data, rest = rest[:size], rest[size + 2 :]
+        string_to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256-PAYLOAD", amz_date, f"{date}/{region}/{service}/aws4_request",
+             previous, EMPTY_SHA256, hashlib.sha256(data).hexdigest()]
+        )
+        want = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, got):
+            return None
+        previous = got
+        out += data
+        if size == 0:
+            return bytes(out)
+
+
 def parse_auth(value):
     algorithm, _, rest = value.partition(" ")
     fields = {}
@@ -196,6 +226,12 @@ class Handler(BaseHTTPRequestHandler):
         ):
             payload, trailers = decode_aws_chunked(body)
             entry["trailers"] = sorted(trailers)
+        if declared == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" and want and got and want == got:
+            cred = parse_auth(auth)[1]["Credential"].split("/")
+            payload = verify_signed_chunks(body, got, headers.get("x-amz-date"), cred[1:4])
+            entry["signed_chunks"] = payload is not None
+            if payload is None:
+                want, why = None, "a chunk signature is not the real key's"
         if declared and len(declared) == 64 and hashlib.sha256(body).hexdigest() != declared:
             want, why = None, "x-amz-content-sha256 does not match the body"
         entry["verified"] = bool(want) and hmac.compare_digest(want, got or "")

@@ -313,3 +313,60 @@ fn wait_audit(path: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool)
     });
     found.unwrap()
 }
+
+/// A PutObject in `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` (chunk signatures chained from the
+/// request's), built by hand with botocore's signer for the seed and HMAC for the chunks:
+/// `python3 -c STREAMING URL CA [bad-chunk]`, keys from the environment. Prints the status.
+pub const STREAMING: &str = r#"
+import datetime, hashlib, hmac, os, sys, requests
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+url, ca = sys.argv[1], sys.argv[2]
+kid, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+data = bytes(i % 251 for i in range(9 * 1024 * 1024 + 12345))
+chunks = [data[i:i + 65536] for i in range(0, len(data), 65536)] + [b""]
+amz_date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+scope = f"{amz_date[:8]}/us-east-1/s3/aws4_request"
+length = sum(len(f"{len(c):x};chunk-signature=") + 64 + 4 + len(c) for c in chunks)
+headers = {"x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "content-encoding": "aws-chunked",
+           "x-amz-decoded-content-length": str(len(data)), "content-length": str(length), "x-amz-date": amz_date}
+req = AWSRequest(method="PUT", url=url, headers=headers)
+req.context["timestamp"] = amz_date
+signer = S3SigV4Auth(Credentials(kid, secret), "s3", "us-east-1")
+seed = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+signed = signer.signed_headers(signer.headers_to_sign(req))
+headers["Authorization"] = f"AWS4-HMAC-SHA256 Credential={kid}/{scope}, SignedHeaders={signed}, Signature={seed}"
+key = ("AWS4" + secret).encode()
+for part in scope.split("/"):
+    key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+body, previous = bytearray(), seed
+for n, c in enumerate(chunks):
+    sts = "\n".join(["AWS4-HMAC-SHA256-PAYLOAD", amz_date, scope, previous, hashlib.sha256(b"").hexdigest(), hashlib.sha256(c).hexdigest()])
+    sig = hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+    if len(sys.argv) > 3 and n == 3:
+        sig = "0" * 64
+    body += f"{len(c):x};chunk-signature={sig}\r\n".encode() + c + b"\r\n"
+    previous = sig
+assert len(body) == length
+r = requests.put(url, data=bytes(body), headers=headers, verify=ca)
+print("status", r.status_code, hashlib.sha256(data).hexdigest(), r.text[:300])
+"#;
+
+#[test]
+fn signed_chunks_are_signed_again_with_the_real_key() {
+    let fx = AwsFx::new();
+    let url = "https://s3.amazonaws.com/netcage-test/streamed.bin";
+    let out = fx.run(
+        &["--seal-aws"],
+        &["sh", "-c", &format!("python3 -c '{}' {url} \"$AWS_CA_BUNDLE\"", STREAMING.replace('\'', "'\\''"))],
+    );
+    let text = out_text(&out);
+    assert!(text.contains("status 200"), "{}\n{:#?}", describe(&out), fx.received());
+    let got = fx.assert_all_verified("signed chunks");
+    let put = got.iter().find(|r| r["op"] == "PutObject").expect("PutObject");
+    assert_eq!(put["signed_chunks"], true, "{put}");
+    assert_eq!(put["size"], 9 * 1024 * 1024 + 12345, "{put}");
+    assert!(text.contains(put["sha256"].as_str().unwrap()), "{text}");
+    assert_audited_sigv4(&fx, "signed chunks");
+}

@@ -8,20 +8,24 @@
 //! mod.rs     the two steps, the refusals
 //! parse.rs   Authorization / presigned query parsing, X-Amz-Date
 //! sign.rs    the signature by aws-sigv4 with the real key, applied to the request
+//! chunks.rs  STREAMING-AWS4-HMAC-SHA256-PAYLOAD: each chunk signed again, chained
 //! ```
 //!
 //! Payload hash modes: a literal SHA-256 in `x-amz-content-sha256` is recomputed over the body
 //! as sent when the body was read whole (substitution may have changed it), kept otherwise;
 //! `UNSIGNED-PAYLOAD` and `STREAMING-UNSIGNED-PAYLOAD-TRAILER` are kept (only the seed
 //! signature covers the head); no header (services other than S3) means the hash of the body
-//! as sent. `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` (chunk signatures chained from the seed) and
-//! SigV4a are refused with a 403 naming the mode.
+//! as sent; `STREAMING-AWS4-HMAC-SHA256-PAYLOAD` gets every chunk signature made again,
+//! chained from the new seed (`chunks.rs`). Its `-TRAILER` form, the ECDSA forms, SigV4a and
+//! SigV2 are refused with a 403 naming the mode.
 
-mod parse;
+mod chunks;
+pub(super) mod parse;
 mod sign;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Proxy;
@@ -36,12 +40,16 @@ pub(in crate::proxy) struct Resign {
     signature: Signature,
     credential: usize,
     /// The client's `X-Amz-Date`.
-    amz_date: String,
+    time: std::time::SystemTime,
+    /// The body is `STREAMING-AWS4-HMAC-SHA256-PAYLOAD`: its chunks are signed again.
+    chunked: bool,
 }
+
+/// The payload mode whose chunks netcage signs again.
+const SIGNED_CHUNKS: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
 
 /// Payload modes whose body carries signatures chained from the seed: not re-signed.
 const CHAINED: &[&str] = &[
-    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
     "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
     "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
@@ -104,7 +112,7 @@ pub(in crate::proxy) fn check(
             StatusCode::FORBIDDEN,
             name,
             format!(
-                "the payload mode {mode} (chunk signatures chained from the request's) is not re-signed by netcage; use HTTPS with UNSIGNED-PAYLOAD or a payload hash (the SDKs' default over HTTPS)"
+                "the payload mode {mode} (signed trailers, or ECDSA chunk signatures) is not re-signed by netcage; use HTTPS with UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER or STREAMING-AWS4-HMAC-SHA256-PAYLOAD (the SDKs' defaults)"
             ),
         ));
     }
@@ -119,8 +127,9 @@ pub(in crate::proxy) fn check(
             .query()
             .and_then(|q| parse::param(q, "X-Amz-Date")),
     };
-    let amz_date = match amz_date {
-        Some(d) if parse::amz_date(&d).is_some() && d.starts_with(&signature.date) => d,
+    let chunked = mode == Some(SIGNED_CHUNKS);
+    let time = match amz_date.and_then(|d| Some((parse::amz_date(&d)?, d))) {
+        Some((t, d)) if d.starts_with(&signature.date) => t,
         _ => {
             return Err(refuse(
                 event,
@@ -133,7 +142,8 @@ pub(in crate::proxy) fn check(
     Ok(Some(Resign {
         signature,
         credential,
-        amz_date,
+        time,
+        chunked,
     }))
 }
 
@@ -180,7 +190,16 @@ pub(in crate::proxy) fn resign(
     checks: &Checks,
     event: &mut Event,
 ) -> Result<(), Stop> {
-    let credential = &proxy.cfg.aws[resign.credential];
-    sign::apply(req, resign, &credential.real, whole)
-        .map_err(|reason| refuse(event, StatusCode::FORBIDDEN, &checks.name, reason))
+    let identity = sign::identity(&proxy.cfg.aws[resign.credential].real);
+    let seed = sign::apply(req, resign, &identity, whole)
+        .map_err(|reason| refuse(event, StatusCode::FORBIDDEN, &checks.name, reason))?;
+    if resign.chunked {
+        let sig = &resign.signature;
+        let signer =
+            chunks::ChunkSigner::new(identity, &sig.region, &sig.service, resign.time, seed);
+        let body = std::mem::replace(req.body_mut(), super::body::empty());
+        let counted = std::sync::Arc::default();
+        *req.body_mut() = super::body::Transformed::new(body, signer, counted).boxed_unsync();
+    }
+    Ok(())
 }

@@ -22,13 +22,14 @@ use crate::proxy::body::ProxyBody;
 
 const CONTENT_SHA256: &str = "x-amz-content-sha256";
 
-/// Re-signs `req` in place; the error is the refusal's reason (never holding the key).
+/// Re-signs `req` in place and returns the new signature (the seed of chunk signatures); the
+/// error is the refusal's reason (never holding the key).
 pub(super) fn apply(
     req: &mut Request<ProxyBody>,
     resign: &Resign,
-    real: &AwsKeys,
+    identity: &Identity,
     whole: Option<&Bytes>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let sig = &resign.signature;
     let body = payload(req, &sig.location, whole)?;
     let uri = match sig.location {
@@ -54,8 +55,7 @@ pub(super) fn apply(
             headers.push((name.as_str(), value));
         }
     }
-    let time = parse::amz_date(&resign.amz_date)
-        .ok_or_else(|| "the request's X-Amz-Date is not a date".to_owned())?;
+    let time = resign.time;
     let s3 = sig.service.starts_with("s3");
     let mut settings = SigningSettings::default();
     settings.excluded_headers = None;
@@ -73,18 +73,8 @@ pub(super) fn apply(
         settings.signature_location = SignatureLocation::QueryParams;
         settings.expires_in = Some(Duration::from_secs(expires));
     }
-    // No session token in the identity: the client's X-Amz-Security-Token (already the real
-    // value) is signed where the client put it, like any signed header or parameter.
-    let identity: Identity = Credentials::new(
-        real.access_key_id.as_str(),
-        real.secret_access_key.as_str(),
-        None,
-        None,
-        "netcage",
-    )
-    .into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
+        .identity(identity)
         .region(&sig.region)
         .name(&sig.service)
         .time(time)
@@ -100,12 +90,26 @@ pub(super) fn apply(
         body,
     )
     .map_err(|e| format!("cannot re-sign the SigV4 request: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params)
+    let (instructions, signature) = sign(signable, &params)
         .map_err(|e| format!("cannot re-sign the SigV4 request: {e}"))?
         .into_parts();
     *req.uri_mut() = uri;
     instructions.apply_to_request_http1x(req);
-    Ok(())
+    Ok(signature)
+}
+
+/// The identity that signs: the real key, without a session token (the client's
+/// X-Amz-Security-Token, already the real value, is signed where the client put it, like any
+/// signed header or parameter).
+pub(super) fn identity(real: &AwsKeys) -> Identity {
+    Credentials::new(
+        real.access_key_id.as_str(),
+        real.secret_access_key.as_str(),
+        None,
+        None,
+        "netcage",
+    )
+    .into()
 }
 
 /// The payload hash to sign, setting `x-amz-content-sha256` to the hash of the body as sent
