@@ -490,6 +490,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_aws_is_a_switch_or_a_profile() {
+        let on: Policy =
+            toml::from_str("[secrets]\naws = true\naws_hosts = [\"minio.example\"]").unwrap();
+        assert_eq!(on.secrets.aws, Some(AwsSeal::On(true)));
+        assert_eq!(on.secrets.aws_hosts, ["minio.example"]);
+        let named: Policy = toml::from_str("[secrets]\naws = \"work\"").unwrap();
+        assert_eq!(named.secrets.aws, Some(AwsSeal::Profile("work".into())));
+        assert!(toml::from_str::<Policy>("[secrets]\naws = 3").is_err());
+        let bad: Policy = toml::from_str("[secrets]\naws_hosts = [\"bad host\"]").unwrap();
+        assert!(
+            bad.problems()
+                .iter()
+                .any(|p| p.starts_with("secrets.aws_hosts"))
+        );
+    }
+
+    #[test]
     fn default_allows_but_not_metadata() {
         let p = Policy::default();
         assert!(p.egress("api.github.com").allowed);

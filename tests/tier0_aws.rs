@@ -57,7 +57,8 @@ except botocore.exceptions.ClientError as e:
 #[test]
 fn seal_aws_mistakes_are_one_line_each() {
     let fx = AwsFx::new();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["--seal-aws"],
             &[("AWS_ACCESS_KEY_ID", "")],
@@ -115,4 +116,41 @@ fn seal_aws_mistakes_are_one_line_each() {
         "{}",
         describe(&out)
     );
+}
+
+/// `[secrets] aws = "PROFILE"` and `aws_hosts` in the policy do what the flags do.
+#[test]
+fn the_policy_seals_a_profile_for_its_hosts() {
+    let fx = AwsFx::new();
+    std::fs::write(
+        fx.env.path("credentials"),
+        format!("[work]\naws_access_key_id = {REAL_ID}\naws_secret_access_key = {REAL_SECRET}\n"),
+    )
+    .unwrap();
+    let policy = fx.env.path("netcage.toml");
+    std::fs::write(
+        &policy,
+        "[secrets]\naws = \"work\"\naws_hosts = [\"other.example\"]\n",
+    )
+    .unwrap();
+    let script = r#"
+import boto3
+s3 = boto3.client("s3", endpoint_url="https://other.example")
+print("buckets", [b["Name"] for b in s3.list_buckets()["Buckets"]])
+"#;
+    let mut cmd = fx.run_cmd(
+        &["--policy", policy.to_str().unwrap()],
+        &["python3", "-c", script],
+    );
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", fx.env.path("credentials"));
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert!(
+        stdout_str(&out).contains("buckets ['netcage-test']"),
+        "{}",
+        describe(&out)
+    );
+    let got = fx.assert_all_verified("policy");
+    assert!(got.iter().all(|r| r["host"] == "other.example"), "{got:#?}");
 }

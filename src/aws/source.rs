@@ -22,6 +22,32 @@ pub enum Source {
 /// Loads the keys `source` names; `env` looks up netcage's environment. The error is one line
 /// saying what to do.
 pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsKeys, String> {
+    let keys = find(source, env)?;
+    let flag = match source {
+        Source::Default => "--seal-aws".to_owned(),
+        Source::Profile(name) => format!("--seal-aws={name}"),
+    };
+    if !keys
+        .access_key_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(format!(
+            "{flag}: the access key id is not letters and digits (AKIA…, ASIA…); check the value"
+        ));
+    }
+    let printable = |v: &str| v.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(&keys.secret_access_key)
+        || keys.session_token.as_deref().is_some_and(|t| !printable(t))
+    {
+        return Err(format!(
+            "{flag}: the secret access key or session token holds spaces or control characters; check the value"
+        ));
+    }
+    Ok(keys)
+}
+
+fn find(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsKeys, String> {
     let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(Zeroizing::new);
     match source {
         Source::Default => {
@@ -135,6 +161,21 @@ mod tests {
         assert!(
             e.contains("AWS_SECRET_ACCESS_KEY is not") && !e.contains('\n'),
             "{e}"
+        );
+        let bad = lookup(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA\r\nX"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ]);
+        let e = load(&Source::Default, &bad).unwrap_err();
+        assert!(e.contains("not letters and digits"), "{e}");
+        let bad = lookup(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA1"),
+            ("AWS_SECRET_ACCESS_KEY", "a b"),
+        ]);
+        assert!(
+            load(&Source::Default, &bad)
+                .unwrap_err()
+                .contains("control characters")
         );
     }
 

@@ -28,6 +28,12 @@ pub struct AwsFx {
     _server: KillOnDrop,
 }
 
+impl Default for AwsFx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AwsFx {
     pub fn new() -> Self {
         let ca = TestCa::new();
