@@ -376,3 +376,51 @@ fn signed_chunks_are_signed_again_with_the_real_key() {
     assert!(text.contains(put["sha256"].as_str().unwrap()), "{text}");
     assert_audited_sigv4(&fx, "signed chunks");
 }
+
+/// Requests whose body holds a token (the session token's, bound to AWS) and whose signature
+/// covers the body's hash: an STS POST (no `x-amz-content-sha256`) and an S3 PUT with a literal
+/// `x-amz-content-sha256`, signed by botocore with the command's keys. `python3 -c
+/// BODY_HASHED S3_URL STS_URL CA`; prints each status.
+pub const BODY_HASHED: &str = r#"
+import hashlib, os, sys, requests
+from botocore.auth import S3SigV4Auth, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+s3_url, sts_url, ca = sys.argv[1:4]
+creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"])
+token = os.environ["AWS_SESSION_TOKEN"]
+assert token.startswith("starpod:v1:")
+def send(url, body, signer_class, service, headers):
+    req = AWSRequest(method="PUT" if service == "s3" else "POST", url=url, data=body, headers=headers)
+    signer_class(creds, service, "us-east-1").add_auth(req)
+    r = requests.request(req.method, url, data=body, headers=dict(req.headers.items()), verify=ca)
+    print(service, r.status_code, r.text[:200].replace("\n", " "))
+body = f"note={token}".encode()
+send(s3_url, body, S3SigV4Auth, "s3", {"x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
+form = f"Action=GetCallerIdentity&Version=2011-06-15&Note={token}".encode()
+send(sts_url, form, SigV4Auth, "sts", {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+"#;
+
+#[test]
+fn a_body_changed_by_substitution_is_hashed_as_sent() {
+    let fx = AwsFx::new();
+    let script = format!(
+        "python3 -c '{}' https://s3.amazonaws.com/netcage-test/note.txt https://sts.amazonaws.com/ \"$AWS_CA_BUNDLE\"",
+        BODY_HASHED.replace('\'', "'\\''")
+    );
+    let mut cmd = fx.run_cmd(&["--seal-aws"], &["sh", "-c", &script]);
+    cmd.env("AWS_SESSION_TOKEN", REAL_SESSION);
+    let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+    let text = out_text(&out);
+    assert!(
+        text.contains("s3 200") && text.contains("sts 200"),
+        "{}\n{:#?}",
+        describe(&out),
+        fx.received()
+    );
+    let got = fx.assert_all_verified("hashed bodies");
+    let put = got.iter().find(|r| r["op"] == "PutObject").expect("PutObject");
+    let sent = format!("note={REAL_SESSION}");
+    assert_eq!(put["sha256"].as_str().unwrap(), hex(&sha256(sent.as_bytes())), "{put}");
+    assert_eq!(put["content_sha256"], hex(&sha256(sent.as_bytes())), "{put}");
+}
