@@ -1,4 +1,4 @@
-//! SigV4 re-signing (`--seal-aws`): a request signed with a stand-in key id (`aws.rs`) is
+//! SigV4 re-signing (`--seal-aws`): a request signed with a stand-in key id (`crate::aws`) is
 //! checked against the stand-in's hosts before anything is sent ([`check`], after the head
 //! stage), then, once the request is what goes upstream (headers, target and body final),
 //! signed again with the real key by the `aws-sigv4` crate ([`resign`]): the same signed
@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 
 use super::Proxy;
 use super::body::ProxyBody;
-use super::stages::{Checks, Stop, blocked, refuse};
+use super::stages::{Checks, Stop, blocked, refuse, token_uses};
 use crate::audit::Event;
 
 pub(in crate::proxy) use parse::{Location, Signature};
@@ -90,12 +90,11 @@ pub(in crate::proxy) fn check(
     if let Err(block) = decider.sigv4(location, &sealed.fingerprint, &sealed.hosts) {
         return Err(blocked(event, decider, &block));
     }
-    let name = checks.name.as_str();
     if signature.algorithm != parse::HMAC {
-        return Err(refuse(
+        return Err(refused(
             event,
+            checks,
             StatusCode::FORBIDDEN,
-            name,
             format!(
                 "SigV4a ({}) is not re-signed by netcage; configure the client for SigV4 (AWS4-HMAC-SHA256)",
                 signature.algorithm
@@ -107,10 +106,10 @@ pub(in crate::proxy) fn check(
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok());
     if let Some(mode) = mode.filter(|m| CHAINED.contains(m)) {
-        return Err(refuse(
+        return Err(refused(
             event,
+            checks,
             StatusCode::FORBIDDEN,
-            name,
             format!(
                 "the payload mode {mode} (signed trailers, or ECDSA chunk signatures) is not re-signed by netcage; use HTTPS with UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER or STREAMING-AWS4-HMAC-SHA256-PAYLOAD (the SDKs' defaults)"
             ),
@@ -131,10 +130,10 @@ pub(in crate::proxy) fn check(
     let time = match amz_date.and_then(|d| Some((parse::amz_date(&d)?, d))) {
         Some((t, d)) if d.starts_with(&signature.date) => t,
         _ => {
-            return Err(refuse(
+            return Err(refused(
                 event,
+                checks,
                 StatusCode::BAD_REQUEST,
-                name,
                 "the SigV4 request has no X-Amz-Date matching its credential scope's date (netcage re-signs for the client's own time)".into(),
             ));
         }
@@ -172,10 +171,10 @@ fn sigv2(
     if let Err(block) = decider.sigv4(location, &sealed.fingerprint, &sealed.hosts) {
         return Err(blocked(event, decider, &block));
     }
-    Err(refuse(
+    Err(refused(
         event,
+        checks,
         StatusCode::FORBIDDEN,
-        &checks.name,
         "the request is signed with SigV2, which netcage does not re-sign; use SigV4 (boto3/botocore: Config(signature_version=\"s3v4\"))".into(),
     ))
 }
@@ -192,7 +191,7 @@ pub(in crate::proxy) fn resign(
 ) -> Result<(), Stop> {
     let identity = sign::identity(&proxy.cfg.aws[resign.credential].real);
     let seed = sign::apply(req, resign, &identity, whole)
-        .map_err(|reason| refuse(event, StatusCode::FORBIDDEN, &checks.name, reason))?;
+        .map_err(|reason| refused(event, checks, StatusCode::FORBIDDEN, reason))?;
     if resign.chunked {
         let sig = &resign.signature;
         let signer =
@@ -202,4 +201,12 @@ pub(in crate::proxy) fn resign(
         *req.body_mut() = super::body::Transformed::new(body, signer, counted).boxed_unsync();
     }
     Ok(())
+}
+
+/// A request signed with a stand-in for a host it may sign for, refused all the same: the
+/// audit line names the stand-in's fingerprint too.
+fn refused(event: &mut Event, checks: &Checks, status: StatusCode, reason: String) -> Stop {
+    let stop = refuse(event, status, &checks.name, reason);
+    event.tokens = token_uses(&checks.decider);
+    stop
 }
