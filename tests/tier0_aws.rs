@@ -154,3 +154,65 @@ print("buckets", [b["Name"] for b in s3.list_buckets()["Buckets"]])
     let got = fx.assert_all_verified("policy");
     assert!(got.iter().all(|r| r["host"] == "other.example"), "{got:#?}");
 }
+
+/// What netcage does not re-sign is refused with a 403 naming it, and nothing arrives: signed
+/// trailers, SigV4a, and a request whose X-Amz-Date does not match its scope (400).
+#[test]
+fn modes_netcage_does_not_re_sign_are_refused_by_name() {
+    let fx = AwsFx::new();
+    let script = r#"
+import os, sys, requests
+kid = os.environ["AWS_ACCESS_KEY_ID"]
+url = "https://s3.amazonaws.com/netcage-test/x"
+cases = [
+    ("AWS4-HMAC-SHA256 Credential=%s/20260101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=%s" % (kid, "0" * 64),
+     {"x-amz-date": "20260101T000000Z", "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"}),
+    ("AWS4-ECDSA-P256-SHA256 Credential=%s/20260101/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=%s" % (kid, "0" * 64),
+     {"x-amz-date": "20260101T000000Z"}),
+    ("AWS4-HMAC-SHA256 Credential=%s/20260101/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=%s" % (kid, "0" * 64),
+     {"x-amz-date": "20250101T000000Z"}),
+]
+for auth, headers in cases:
+    headers["Authorization"] = auth
+    r = requests.put(url, data=b"x", headers=headers, verify=sys.argv[1])
+    print(r.status_code, r.text.replace("\n", " "))
+"#;
+    let out = fx.run(
+        &["--seal-aws"],
+        &[
+            "sh",
+            "-c",
+            &format!("python3 -c '{script}' \"$AWS_CA_BUNDLE\""),
+        ],
+    );
+    let text = stdout_str(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", describe(&out));
+    assert!(
+        lines[0].starts_with("403")
+            && lines[0].contains("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("403") && lines[1].contains("SigV4a (AWS4-ECDSA-P256-SHA256)"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("400") && lines[2].contains("X-Amz-Date"),
+        "{}",
+        lines[2]
+    );
+    assert!(fx.received().is_empty(), "{:#?}", fx.received());
+    let text = std::fs::read_to_string(&fx.audit).unwrap();
+    let refused: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["decision"] == "block" && l["host"] == "s3.amazonaws.com")
+        .collect();
+    assert_eq!(refused.len(), 3, "{text}");
+    for line in &refused {
+        assert_eq!(line["tokens"][0]["action"], "sigv4", "{line}");
+    }
+}
