@@ -33,9 +33,29 @@ pub fn section(text: &str, name: &str) -> Option<Vec<(String, Zeroizing<String>)
     found.then_some(pairs)
 }
 
+/// The section names of `text`, in order, each once.
+pub fn sections(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = header.trim().to_owned();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_names() {
+        assert_eq!(sections("[a]\nx=1\n [b] \n[a]\n"), ["a", "b"]);
+        assert!(sections("x = 1").is_empty());
+    }
 
     #[test]
     fn sections_keys_comments_and_nested_settings() {

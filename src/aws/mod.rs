@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::env::SealedVar;
 use crate::token::{self, Key};
 
-pub use source::{Source, load};
+pub use source::{Source, load, profiles};
 
 /// The hosts a stand-in is bound to unless told otherwise.
 pub const DEFAULT_HOSTS: &[&str] = &["*.amazonaws.com", "amazonaws.com"];

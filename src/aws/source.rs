@@ -27,24 +27,27 @@ pub fn load(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<Aws
         Source::Default => "--seal-aws".to_owned(),
         Source::Profile(name) => format!("--seal-aws={name}"),
     };
+    usable(&keys).map_err(|why| format!("{flag}: {why}; check the value"))?;
+    Ok(keys)
+}
+
+/// Keys that can go into a signed request: the key id letters and digits (it is written
+/// into `Authorization`), the secret and session token printable without spaces.
+fn usable(keys: &AwsKeys) -> Result<(), &'static str> {
     if !keys
         .access_key_id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric())
     {
-        return Err(format!(
-            "{flag}: the access key id is not letters and digits (AKIA…, ASIA…); check the value"
-        ));
+        return Err("the access key id is not letters and digits (AKIA…, ASIA…)");
     }
     let printable = |v: &str| v.bytes().all(|b| b.is_ascii_graphic());
     if !printable(&keys.secret_access_key)
         || keys.session_token.as_deref().is_some_and(|t| !printable(t))
     {
-        return Err(format!(
-            "{flag}: the secret access key or session token holds spaces or control characters; check the value"
-        ));
+        return Err("the secret access key or session token holds spaces or control characters");
     }
-    Ok(keys)
+    Ok(())
 }
 
 fn find(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsKeys, String> {
@@ -70,6 +73,36 @@ fn find(source: &Source, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsKeys
             profile_keys(name, env).map_err(|e| format!("--seal-aws={name}: {e}"))
         }
     }
+}
+
+/// Every profile of a shared credentials file's `text` that holds static keys, by name (for a
+/// sealed copy of the file: each gets its own stand-in). Profiles without keys, or with keys
+/// that could not go into a request, are left out.
+pub fn profiles(text: &str) -> Vec<(String, AwsKeys)> {
+    ini::sections(text)
+        .into_iter()
+        .filter_map(|name| {
+            let pairs = ini::section(text, &name)?;
+            let keys = keys_of(&pairs)?;
+            usable(&keys).ok()?;
+            Some((name, keys))
+        })
+        .collect()
+}
+
+/// The static keys among a profile's settings.
+fn keys_of(pairs: &[(String, Zeroizing<String>)]) -> Option<AwsKeys> {
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    Some(AwsKeys {
+        access_key_id: get("aws_access_key_id")?,
+        secret_access_key: get("aws_secret_access_key")?,
+        session_token: get("aws_session_token"),
+    })
 }
 
 /// The static keys of profile `name`.
@@ -107,23 +140,12 @@ fn profile_keys(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsK
         let Some(pairs) = ini::section(&text, &section) else {
             continue;
         };
-        let get = |key: &str| {
-            pairs
-                .iter()
-                .find(|(k, v)| k == key && !v.is_empty())
-                .map(|(_, v)| v.clone())
-        };
-        return match (get("aws_access_key_id"), get("aws_secret_access_key")) {
-            (Some(access_key_id), Some(secret_access_key)) => Ok(AwsKeys {
-                access_key_id,
-                secret_access_key,
-                session_token: get("aws_session_token"),
-            }),
-            _ => Err(format!(
+        return keys_of(&pairs).ok_or_else(|| {
+            format!(
                 "profile {name} in {} has no aws_access_key_id and aws_secret_access_key (netcage seals static keys; for SSO, role or credential_process profiles export temporary keys first: eval \"$(aws configure export-credentials --profile {name} --format env)\", then --seal-aws)",
                 path.display()
-            )),
-        };
+            )
+        });
     }
     if looked.is_empty() {
         return Err(format!(
@@ -144,6 +166,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn every_profile_with_keys_of_a_credentials_file() {
+        let text = "[default]\naws_access_key_id = AKIA1\naws_secret_access_key = s1\n[sso]\nsso_session = x\n[work]\naws_access_key_id = AKIA2\naws_secret_access_key = s2\naws_session_token = t2\n";
+        let found = profiles(text);
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["default", "work"]);
+        assert_eq!(
+            found[1].1.session_token.as_deref().map(String::as_str),
+            Some("t2")
+        );
     }
 
     #[test]
