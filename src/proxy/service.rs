@@ -70,7 +70,9 @@ async fn forward(
     let resign = sigv4::check(proxy, &req, &checks, event)?;
     let mut client_upgrade = upgrade::requested(&mut req);
     let (mut parts, incoming) = req.into_parts();
-    let outgoing = request_body::prepare(proxy, &mut parts, incoming, &checks, event).await?;
+    let keep_length = resign.is_some();
+    let outgoing =
+        request_body::prepare(proxy, &mut parts, incoming, keep_length, &checks, event).await?;
     let redactor = reflect::learn(reflect, &checks.decider);
     if redactor.is_some() {
         // Compressed responses could hide a reflected value from the redactor (a server that

@@ -9,7 +9,8 @@ its signature verified, and the S3/STS operation.
 S3 (path-style): ListBuckets, ListObjectsV2, PutObject, GetObject, CreateMultipartUpload,
 UploadPart, CompleteMultipartUpload, AbortMultipartUpload; bodies in aws-chunked encoding
 (STREAMING-UNSIGNED-PAYLOAD-TRAILER) are decoded. STS: GetCallerIdentity. A request whose
-signature does not verify gets S3's 403 SignatureDoesNotMatch and changes nothing.
+signature does not verify gets S3's 403 SignatureDoesNotMatch and changes nothing; a plain
+(not aws-chunked) PUT without Content-Length gets S3's 501 NotImplemented.
 """
 
 import hashlib
@@ -205,6 +206,13 @@ class Handler(BaseHTTPRequestHandler):
             "security_token": headers.get("x-amz-security-token")
             or dict(parse_qsl(query)).get("X-Amz-Security-Token"),
         }
+        if (self.command == "PUT" and chunked
+                and "aws-chunked" not in headers.get("content-encoding", "")):
+            # As S3 does: a plain upload needs its Content-Length.
+            entry["op"], entry["verified"] = "NotImplemented", None
+            log(entry)
+            return self.reply(
+                501, b"<Error><Code>NotImplemented</Code><Message>Transfer-Encoding</Message></Error>")
         presigned = "X-Amz-Signature=" in query
         auth = headers.get("authorization", "")
         if presigned:

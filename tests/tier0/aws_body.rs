@@ -424,3 +424,33 @@ fn a_body_changed_by_substitution_is_hashed_as_sent() {
     assert_eq!(put["sha256"].as_str().unwrap(), hex(&sha256(sent.as_bytes())), "{put}");
     assert_eq!(put["content_sha256"], hex(&sha256(sent.as_bytes())), "{put}");
 }
+
+/// A plain `PutObject` over 8 MiB (no checksum trailer: the body's SHA-256 signed, with a
+/// `Content-Length`), which netcage streams: it keeps its `Content-Length`, which S3 (and the
+/// test upstream, like S3) requires of an upload that is not aws-chunked.
+#[test]
+fn a_plain_upload_over_8_mib_keeps_its_content_length() {
+    let fx = AwsFx::new();
+    let script = r#"
+import hashlib, boto3
+s3 = boto3.client("s3", endpoint_url="https://s3.amazonaws.com",
+                  config=boto3.session.Config(request_checksum_calculation="when_required"))
+data = bytes(i % 253 for i in range(9 * 1024 * 1024 + 7))
+s3.put_object(Bucket="netcage-test", Key="plain.bin", Body=data)
+print("put", hashlib.sha256(data).hexdigest())
+"#;
+    let out = fx.run(&["--seal-aws"], &["python3", "-c", script]);
+    let text = out_text(&out);
+    assert!(
+        out.status.success() && text.contains("put "),
+        "{}\n{:#?}",
+        describe(&out),
+        fx.received()
+    );
+    let got = fx.assert_all_verified("plain upload");
+    let put = got.iter().find(|r| r["op"] == "PutObject").expect("PutObject");
+    assert_eq!(put["chunked"], false, "{put}");
+    // botocore signs the body's hash here: kept as the client made it (the body is streamed).
+    assert_eq!(put["content_sha256"], put["sha256"], "{put}");
+    assert!(text.contains(put["sha256"].as_str().unwrap()), "{text}");
+}
