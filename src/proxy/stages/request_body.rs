@@ -198,3 +198,23 @@ pub(in crate::proxy) fn scan_whole(data: Bytes, decider: &Decider, location: &st
         _ => Bytes::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_kept_with_its_length_must_come_out_exactly_that_long() {
+        let exact = |n: u64, pieces: &[&'static [u8]]| {
+            let mut t = ExactLength { left: n };
+            for p in pieces {
+                t.push(Bytes::from_static(p))?;
+            }
+            t.finish()
+        };
+        assert!(exact(5, &[b"he", b"llo"]).is_ok());
+        assert!(exact(5, &[b"hello", b"!"]).is_err(), "longer");
+        assert!(exact(5, &[b"hell"]).is_err(), "shorter");
+        assert!(exact(0, &[]).is_ok());
+    }
+}
