@@ -9,6 +9,7 @@
 //!   real values there (the leak guard), and redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
+//! - [`aws`]: `--seal-aws`: real AWS keys, their stand-ins for the command, profile reading.
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
 //!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.
@@ -27,6 +28,7 @@
 #[deny(missing_docs)]
 mod api;
 pub mod audit;
+pub mod aws;
 pub mod ca;
 pub mod datadir;
 mod der;

@@ -410,6 +410,7 @@ impl SandboxBuilder {
             audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
             ca: Arc::new(ca),
             sealed: values,
+            aws: Vec::new(),
         };
         let base = self.env.unwrap_or_else(|| std::env::vars_os().collect());
         let mut hide = self.hide;

@@ -141,6 +141,10 @@ pub fn resolve_for(
             )),
         }
     }
+    let aws = aws_keys(args, &policy).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     // Writable paths must exist: a typo must not quietly become a smaller sandbox (or, with
     // --tier auto, a fallback to Tier 0).
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -209,12 +213,35 @@ pub fn resolve_for(
         .collect();
     let mut hide = Vec::new();
     if let Some(path) = &vault_path {
-        store.vouch_path(path, "vault").map_err(input_error)?;
+        if !sidecar {
+            store.vouch_path(path, "vault").map_err(input_error)?;
+        }
         let taken: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let from = super::vault::load(path, key_args, &key, args, &taken)?;
         sealed_env.extend(from.vars);
         sealed.extend(from.guard);
         hide = from.hide;
+    }
+    let mut aws_credentials = Vec::new();
+    if let Some((keys, hosts)) = aws {
+        let secret = keys.secret_access_key.clone();
+        let session = keys.session_token.clone();
+        let aws = netcage::aws::seal(&key, keys, &hosts);
+        // The leak guard's copies: the real key (which the command never gets) and the
+        // session token may not go to other hosts.
+        let secret_token = &aws.vars[1].token;
+        sealed.push(SealedValue::new(&secret, &hosts, secret_token));
+        if let (Some(value), Some(token)) = (session, &aws.session_token) {
+            sealed.push(SealedValue::new(&value, &hosts, token));
+        }
+        eprintln!(
+            "netcage: AWS key sealed for SigV4: the command gets the stand-in key id {} ({}), re-signed for {}",
+            aws.credential.standin_id,
+            aws.credential.fingerprint,
+            hosts.join(", ")
+        );
+        sealed_env.extend(aws.vars);
+        aws_credentials.push(aws.credential);
     }
     let audit_path = args
         .audit
@@ -272,12 +299,50 @@ pub fn resolve_for(
             audit: Arc::new(audit),
             ca: Arc::new(ca),
             sealed,
+            aws: aws_credentials,
         },
         sealed_env,
         learn,
         write: args.write.clone(),
         hide,
     })
+}
+
+/// `--seal-aws[=PROFILE]` / `[secrets] aws`: the real keys and the hosts they may sign for
+/// (`*.amazonaws.com`, `amazonaws.com`, then `--seal-aws-host` and `secrets.aws_hosts`), or
+/// `None` when no AWS key is sealed. The flag wins over the policy.
+fn aws_keys(
+    args: &PolicyArgs,
+    policy: &Policy,
+) -> Result<Option<(netcage::aws::AwsKeys, Vec<String>)>, String> {
+    use netcage::aws::Source;
+    use netcage::policy::AwsSeal;
+    let source = match (&args.seal_aws, &policy.secrets.aws) {
+        (Some(Some(profile)), _) => Some(Source::Profile(profile.clone())),
+        (Some(None), _) | (None, Some(AwsSeal::On(true))) => Some(Source::Default),
+        (None, Some(AwsSeal::Profile(profile))) => Some(Source::Profile(profile.clone())),
+        (None, Some(AwsSeal::On(false)) | None) => None,
+    };
+    for host in &args.seal_aws_host {
+        netcage::hosts::validate_pattern(host).map_err(|e| format!("--seal-aws-host {e}"))?;
+    }
+    let Some(source) = source else {
+        if !args.seal_aws_host.is_empty() {
+            return Err("--seal-aws-host: no AWS key is sealed; add --seal-aws (or [secrets] aws = true in the policy)".into());
+        }
+        return Ok(None);
+    };
+    let keys = netcage::aws::load(&source, &|name| std::env::var(name).ok())?;
+    let mut hosts: Vec<String> = netcage::aws::DEFAULT_HOSTS
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    for host in args.seal_aws_host.iter().chain(&policy.secrets.aws_hosts) {
+        if !hosts.contains(host) {
+            hosts.push(host.clone());
+        }
+    }
+    Ok(Some((keys, hosts)))
 }
 
 /// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and

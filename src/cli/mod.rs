@@ -142,6 +142,16 @@ pub struct PolicyArgs {
     /// Also hand out vault entries that name no allowed hosts, unrestricted (skipped otherwise)
     #[arg(long)]
     pub vault_unbound: bool,
+    /// Seal an AWS key for SigV4: the command gets a stand-in key id and tokens, the proxy
+    /// re-signs its requests to AWS with the real key. Keys from AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, else (or with =PROFILE) a profile of
+    /// ~/.aws/credentials or ~/.aws/config
+    #[arg(long, value_name = "PROFILE", num_args = 0..=1, require_equals = true)]
+    pub seal_aws: Option<Option<String>>,
+    /// A host the sealed AWS key may also sign for, besides *.amazonaws.com and amazonaws.com
+    /// (an S3-compatible endpoint) (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub seal_aws_host: Vec<String>,
     /// Record every host reached; at the end write a default-deny netcage.toml allowing
     /// exactly those to FILE (without FILE: print it on stderr)
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
