@@ -27,6 +27,7 @@
 #[deny(missing_docs)]
 mod api;
 pub mod audit;
+pub mod credfiles;
 pub mod ca;
 pub mod datadir;
 mod der;
