@@ -20,10 +20,11 @@ use common::registry::{self, PACKAGE, VALUE};
 use common::*;
 use tier1_support::*;
 
-/// A test's world: the fixture, a `$HOME` outside the working directory, and the working
-/// directory.
+/// A test's world: the fixture, a `$HOME` outside the working directory (and outside /tmp,
+/// which is fresh in the sandbox), and the working directory.
 struct World {
     fx: Fx,
+    _home: tempfile::TempDir,
     home: PathBuf,
     work: PathBuf,
 }
@@ -31,11 +32,20 @@ struct World {
 impl World {
     fn new(mode: Mode) -> World {
         let fx = Fx::new(mode);
-        let home = fx.env.path("home");
+        let dir = tempfile::Builder::new()
+            .prefix("netcage-credfiles-home-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.path().to_owned();
         let work = fx.env.path("work");
-        std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&work).unwrap();
-        World { fx, home, work }
+        World {
+            fx,
+            _home: dir,
+            home,
+            work,
+        }
     }
 
     /// Writes `~/rel` (mode 0600).
@@ -60,6 +70,7 @@ impl World {
     fn sh(&self, opts: &[&str], script: &str, args: &[&str]) -> Output {
         if self.fx.mode == Mode::Rootless {
             chown_tree(self.fx.env.root());
+            chown_tree(&self.home);
         }
         let mut child = vec!["sh", "-c", script, "sh"];
         child.extend_from_slice(args);

@@ -149,6 +149,11 @@ impl Sandbox {
         &self.view.hidden
     }
 
+    /// Credential files the commands see sealed (tokens in place of their secrets).
+    pub fn sealed_files(&self) -> &[PathBuf] {
+        &self.view.sealed
+    }
+
     /// Directories the commands may change for real (the working directory, `write`).
     pub fn writable(&self) -> &[PathBuf] {
         &self.view.writable
