@@ -27,8 +27,8 @@
 #[deny(missing_docs)]
 mod api;
 pub mod audit;
-pub mod credfiles;
 pub mod ca;
+pub mod credfiles;
 pub mod datadir;
 mod der;
 pub mod env;

@@ -96,13 +96,19 @@ impl World {
 fn shown_file(out: &Output) -> String {
     let text = stdout_str(out);
     let start = text.find("--- file\n").map(|i| i + 9).unwrap_or(0);
-    let end = text[start..].find("--- end").map_or(text.len(), |i| start + i);
+    let end = text[start..]
+        .find("--- end")
+        .map_or(text.len(), |i| start + i);
     text[start..end].to_owned()
 }
 
 /// The first `starpod:v1:` token in `text` (raw, or percent-encoded as git's store writes it).
 fn first_token(text: &str) -> String {
-    let decoded = text.replace("%3A", ":").replace("%2B", "+").replace("%2F", "/").replace("%3D", "=");
+    let decoded = text
+        .replace("%3A", ":")
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
     let at = decoded.find("starpod:v1:").expect("a token in the file");
     decoded[at..]
         .chars()
@@ -122,14 +128,23 @@ fn judge(w: &World, what: &str, out: &Output, real: &str, encode: impl Fn(&str) 
     );
     let inside = shown_file(out);
     let token = first_token(&inside);
-    assert!(!inside.contains(SECRET), "[{mode}] {what}: the secret inside:\n{inside}");
+    assert!(
+        !inside.contains(SECRET),
+        "[{mode}] {what}: the secret inside:\n{inside}"
+    );
     assert_eq!(
         inside,
         real.replace(SECRET, &encode(&token)),
         "[{mode}] {what}: the file inside is not the real one with a token in place of the secret"
     );
-    assert!(free_of(&out.stdout, SECRET.as_bytes()), "[{mode}] {what}: stdout");
-    assert!(free_of(&out.stderr, SECRET.as_bytes()), "[{mode}] {what}: stderr");
+    assert!(
+        free_of(&out.stdout, SECRET.as_bytes()),
+        "[{mode}] {what}: stdout"
+    );
+    assert!(
+        free_of(&out.stderr, SECRET.as_bytes()),
+        "[{mode}] {what}: stderr"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("netcage: sealed for the command: "),
@@ -138,8 +153,7 @@ fn judge(w: &World, what: &str, out: &Output, real: &str, encode: impl Fn(&str) 
     let requests = w.requests("/files/");
     let carried = |r: &Recorded| {
         r.contains(SECRET.as_bytes())
-            || r
-                .basic_credentials()
+            || r.basic_credentials()
                 .is_some_and(|(_, password)| password == SECRET.as_bytes())
     };
     assert!(
@@ -147,7 +161,10 @@ fn judge(w: &World, what: &str, out: &Output, real: &str, encode: impl Fn(&str) 
         "[{mode}] {what}: no request carried the real secret: {requests:#?}"
     );
     for r in w.fx.up.requests() {
-        assert!(!r.contains(b"starpod:"), "[{mode}] {what}: a token went upstream: {r:#?}");
+        assert!(
+            !r.contains(b"starpod:"),
+            "[{mode}] {what}: a token went upstream: {r:#?}"
+        );
     }
 }
 
@@ -186,7 +203,8 @@ fn npm_installs_with_a_sealed_npmrc() {
         .unwrap();
         let registry = format!("{base}/npm/");
         let scope = registry.trim_start_matches("https:");
-        let real = format!("; mine\nregistry={registry}\n{scope}:_authToken={SECRET}\nfund=false\n");
+        let real =
+            format!("; mine\nregistry={registry}\n{scope}:_authToken={SECRET}\nfund=false\n");
         w.put(".npmrc", &real);
         let script = r#"npm install --no-audit --no-fund --loglevel=error --cache ../npm-cache \
             && node -e "console.log(require('nctest').value)" \
@@ -233,13 +251,17 @@ fn a_docker_config_client_reaches_its_registry_with_sealed_auth() {
         let inside = shown_file(&out);
         let sealed_auth = inside
             .split('"')
-            .find(|s| B64.decode(s).is_ok_and(|d| d.starts_with(b"me:starpod:v1:")))
+            .find(|s| {
+                B64.decode(s)
+                    .is_ok_and(|d| d.starts_with(b"me:starpod:v1:"))
+            })
             .unwrap_or_else(|| panic!("[{mname}] no sealed auth inside:\n{inside}"));
         assert_eq!(inside, real.replace(&auth, sealed_auth), "[{mname}]");
         let requests = w.requests("/files/v2/");
         assert!(
-            requests.iter().any(|r| r.basic_credentials()
-                == Some((b"me".to_vec(), SECRET.as_bytes().to_vec()))),
+            requests.iter().any(
+                |r| r.basic_credentials() == Some((b"me".to_vec(), SECRET.as_bytes().to_vec()))
+            ),
             "[{mname}] the registry did not get the real credentials: {requests:#?}"
         );
         assert!(free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()));
@@ -287,18 +309,33 @@ fn a_file_that_does_not_parse_stays_hidden_with_one_line() {
         let w = World::new(mode);
         let marker = "MarkerThatMustStayHidden7731";
         w.put(".npmrc", &format!("secret = {marker}\n"));
-        w.put(".netrc", &format!("machine {BOUND} login x password {SECRET}\n"));
-        let out = w.sh(&[], r#"echo "npmrc: [$(cat ~/.npmrc)]"; echo "netrc: [$(cat ~/.netrc)]""#, &[]);
+        w.put(
+            ".netrc",
+            &format!("machine {BOUND} login x password {SECRET}\n"),
+        );
+        let out = w.sh(
+            &[],
+            r#"echo "npmrc: [$(cat ~/.npmrc)]"; echo "netrc: [$(cat ~/.netrc)]""#,
+            &[],
+        );
         let mname = mode.name();
         assert!(out.status.success(), "[{mname}] {}", describe(&out));
         let stdout = stdout_str(&out);
         assert!(stdout.contains("npmrc: []"), "[{mname}] {stdout}");
-        assert!(stdout.contains("netrc: [machine"), "[{mname}] the control: {stdout}");
+        assert!(
+            stdout.contains("netrc: [machine"),
+            "[{mname}] the control: {stdout}"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("~/.npmrc stays hidden")).collect();
+        let notes: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("~/.npmrc stays hidden"))
+            .collect();
         assert_eq!(
             notes,
-            vec!["netcage: note: ~/.npmrc stays hidden, not sealed (npmrc format): line 1: a credential netcage cannot bind to a registry"],
+            vec![
+                "netcage: note: ~/.npmrc stays hidden, not sealed (npmrc format): line 1: a credential netcage cannot bind to a registry"
+            ],
             "[{mname}] {stderr}"
         );
         assert!(free_of(&out.stdout, marker.as_bytes()) && free_of(&out.stderr, marker.as_bytes()));
@@ -319,13 +356,71 @@ fn a_token_from_a_sealed_file_is_refused_for_another_host() {
         let out = w.sh(&[], script, &[BOUND, OTHER, &port]);
         let mname = mode.name();
         let stdout = stdout_str(&out);
-        assert!(stdout.contains("bound 200"), "[{mname}] the control: {}", describe(&out));
+        assert!(
+            stdout.contains("bound 200"),
+            "[{mname}] the control: {}",
+            describe(&out)
+        );
         assert!(stdout.contains("other 403"), "[{mname}] {}", describe(&out));
         let bound = w.requests("/netrc-bound");
         assert!(
             bound.iter().any(|r| r.basic_credentials() == Some((b"x".to_vec(), SECRET.as_bytes().to_vec()))),
             "[{mname}] {bound:#?}"
         );
-        assert!(w.requests("/netrc-other").is_empty(), "[{mname}] the other host was reached");
+        assert!(
+            w.requests("/netrc-other").is_empty(),
+            "[{mname}] the other host was reached"
+        );
+    });
+}
+
+/// The rustup toolchain of the test's own user (the command's `$HOME` is the test's).
+fn rustup_home() -> String {
+    std::env::var("RUSTUP_HOME").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.rustup")
+    })
+}
+
+#[test]
+fn cargo_fetches_with_a_sealed_credentials_toml() {
+    for_each_mode(|mode| {
+        if mode == Mode::Rootless {
+            // rustup's toolchain sits in the test user's home, out of uid 4242's reach.
+            eprintln!("SKIPPED the rootless run: the toolchain is not readable by uid {UID}");
+            return;
+        }
+        let w = World::new(mode);
+        let base = w.registries();
+        let krate = w.work.join("crate");
+        std::fs::create_dir_all(krate.join("src")).unwrap();
+        std::fs::write(krate.join("src/lib.rs"), "").unwrap();
+        std::fs::write(
+            krate.join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{PACKAGE} = {{ version = \"0.1.0\", registry = \"nc\" }}\n"
+            ),
+        )
+        .unwrap();
+        w.put(
+            ".cargo/config.toml",
+            &format!(
+                "[registries.nc]\nindex = \"sparse+{base}/cargo/index/\"\n\n[registry]\nglobal-credential-providers = [\"cargo:token\"]\n"
+            ),
+        );
+        let real = format!("# cargo login\n[registries.nc]\ntoken = \"{SECRET}\"\n");
+        w.put(".cargo/credentials.toml", &real);
+        let script = r#"cd crate && cargo fetch -q \
+            && cat ~/.cargo/registry/src/*/nctest-0.1.0/src/lib.rs \
+            && echo '--- file' && cat ~/.cargo/credentials.toml && echo '--- end'"#;
+        let mut child = vec!["sh", "-c", script];
+        child.push("sh");
+        let mut cmd = w.fx.run_cmd(&[], &child);
+        cmd.env("HOME", &w.home)
+            .env("CARGO_HOME", w.home.join(".cargo"))
+            .env("RUSTUP_HOME", rustup_home())
+            .current_dir(&w.work);
+        let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+        judge(&w, "cargo", &out, &real, |t| t.to_owned());
     });
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::{Error, Started};
 use crate::ca::{CA_BUNDLE, CA_CERT, CA_TRUSTSTORE};
-use crate::keytrust;
 use crate::credfiles::{self, Context, Format};
+use crate::keytrust;
 use crate::proxy::SealedValue;
 use crate::sandbox::layout::{self, Input, Layout, absolute, expand, tilde};
 use crate::sandbox::{gitdirs, host_sockets};
@@ -90,7 +90,8 @@ pub fn filesystem_view(
     }
     let show: Vec<PathBuf> = files.show.iter().filter_map(|e| resolve(e)).collect();
     let mut notes = Vec::new();
-    let (sealed, values) = seal_files(started, home.as_deref(), &cwd, &show, &mut hide, &mut notes)?;
+    let (sealed, values) =
+        seal_files(started, home.as_deref(), &cwd, &show, &mut hide, &mut notes)?;
     let store = keytrust::Store::default_location();
     // It must exist to be hidden (the first run of all makes it).
     store.ensure().map_err(Error)?;
@@ -161,6 +162,9 @@ pub fn filesystem_view(
     Ok((view, values))
 }
 
+/// Sealed credential files: (canonical path, contents holding only tokens).
+type SealedFiles = Vec<(PathBuf, Vec<u8>)>;
+
 /// Seals the credential files: those asked for (`seal_file`, `[files] seal`), then the
 /// built-in ones of [`credfiles::DEFAULTS`] that exist; a file `[files] show` shows is left
 /// alone. Returns the sealed contents by canonical path and the real values. A file that does
@@ -172,14 +176,18 @@ fn seal_files(
     show: &[PathBuf],
     hide: &mut Vec<PathBuf>,
     notes: &mut Vec<String>,
-) -> Result<(Vec<(PathBuf, Vec<u8>)>, Vec<SealedValue>), Error> {
+) -> Result<(SealedFiles, Vec<SealedValue>), Error> {
     let resolve = |entry: &str| expand(entry, home).map(|p| absolute(&p, cwd));
     let mut wanted: Vec<(PathBuf, Format, bool)> = Vec::new();
-    for spec in started.seal_files.iter().chain(&started.cfg.policy.files.seal) {
+    for spec in started
+        .seal_files
+        .iter()
+        .chain(&started.cfg.policy.files.seal)
+    {
         let (path, format) =
             credfiles::parse_spec(spec).map_err(|e| Error(format!("seal-file {e}")))?;
-        let path = resolve(&path)
-            .ok_or_else(|| Error(format!("seal-file {spec}: ~/ needs a $HOME")))?;
+        let path =
+            resolve(&path).ok_or_else(|| Error(format!("seal-file {spec}: ~/ needs a $HOME")))?;
         if !path.is_file() {
             return Err(Error(format!(
                 "seal-file {}: not a file; make it first, or leave it out",
@@ -202,7 +210,7 @@ fn seal_files(
             .flat_map(|text| credfiles::registry_indexes(&text))
             .collect(),
     };
-    let mut sealed: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut sealed: SealedFiles = Vec::new();
     let mut values = Vec::new();
     for (path, format, asked) in wanted {
         if show.iter().any(|s| path.starts_with(s)) {

@@ -105,8 +105,8 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
 
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn auths_are_sealed_for_their_registry() {
@@ -124,7 +124,12 @@ mod tests {
             vec![
                 (
                     "dckr_pat_1".into(),
-                    hosts(&["index.docker.io", "registry-1.docker.io", "auth.docker.io", "docker.io"])
+                    hosts(&[
+                        "index.docker.io",
+                        "registry-1.docker.io",
+                        "auth.docker.io",
+                        "docker.io"
+                    ])
                 ),
                 ("idt".into(), hosts(&["reg.test"])),
             ]
@@ -137,8 +142,24 @@ mod tests {
         assert!(e.starts_with("credsStore keeps"), "{e}");
         let e = run(Format::Docker, r#"{"credHelpers": {"gcr.io": "gcloud"}}"#).unwrap_err();
         assert!(e.starts_with("credHelpers keeps"), "{e}");
-        assert!(run(Format::Docker, r#"{"auths": {"r.test": {"auth": "bm9jb2xvbg=="}}}"#).is_err());
-        assert!(run(Format::Docker, "secret = x\n").unwrap_err().starts_with("not valid JSON"));
-        assert!(run(Format::Docker, r#"{"auths": {"r.test": {"auth": ""}}, "credsStore": ""}"#).is_ok());
+        assert!(
+            run(
+                Format::Docker,
+                r#"{"auths": {"r.test": {"auth": "bm9jb2xvbg=="}}}"#
+            )
+            .is_err()
+        );
+        assert!(
+            run(Format::Docker, "secret = x\n")
+                .unwrap_err()
+                .starts_with("not valid JSON")
+        );
+        assert!(
+            run(
+                Format::Docker,
+                r#"{"auths": {"r.test": {"auth": ""}}, "credsStore": ""}"#
+            )
+            .is_ok()
+        );
     }
 }

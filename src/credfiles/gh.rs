@@ -20,8 +20,11 @@ fn hosts_of(host: &str) -> Vec<String> {
     vec![host, api]
 }
 
+/// A value's span (start, end) within its line's rest and its text.
+type Scalar = (usize, usize, Zeroizing<String>);
+
 /// A plain or quoted scalar on one line (after `key:`): its span within `rest` and its text.
-fn scalar(rest: &str) -> Result<Option<(usize, usize, Zeroizing<String>)>, &'static str> {
+fn scalar(rest: &str) -> Result<Option<Scalar>, &'static str> {
     let lead = rest.len() - rest.trim_start().len();
     let body = &rest[lead..];
     if body.is_empty() || body.starts_with('#') {
@@ -51,7 +54,9 @@ fn scalar(rest: &str) -> Result<Option<(usize, usize, Zeroizing<String>)>, &'sta
         }
         b'"' => {
             let inner = &body[1..];
-            let close = inner.find('"').ok_or("a quoted value that does not end on its line")?;
+            let close = inner
+                .find('"')
+                .ok_or("a quoted value that does not end on its line")?;
             if inner[..close].contains('\\') {
                 return Err("a double-quoted value with escapes");
             }
@@ -71,7 +76,11 @@ fn scalar(rest: &str) -> Result<Option<(usize, usize, Zeroizing<String>)>, &'sta
         _ => {
             let end = body.find(" #").unwrap_or(body.len());
             let value = body[..end].trim_end();
-            Ok(Some((lead, lead + value.len(), Zeroizing::new(value.to_owned()))))
+            Ok(Some((
+                lead,
+                lead + value.len(),
+                Zeroizing::new(value.to_owned()),
+            )))
         }
     }
 }
@@ -149,8 +158,8 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn tokens_are_sealed_for_the_host_and_its_api() {
@@ -165,7 +174,10 @@ mod tests {
             vec![
                 ("gho_one".into(), hosts(&["github.com", "api.github.com"])),
                 ("gho_o'ne".into(), hosts(&["github.com", "api.github.com"])),
-                ("gho_two".into(), hosts(&["ghe.corp.test", "api.ghe.corp.test"])),
+                (
+                    "gho_two".into(),
+                    hosts(&["ghe.corp.test", "api.ghe.corp.test"])
+                ),
             ]
         );
     }
@@ -175,11 +187,23 @@ mod tests {
         for (text, why) in [
             ("secret = x\n", "line 1: a top-level line"),
             ("github.com: {oauth_token: x}\n", "line 1: a top-level line"),
-            ("github.com:\n    oauth_token: |\n        x\n", "line 2: a value in a YAML form"),
-            ("github.com:\n    oauth_token: abc\n      def\n", "line 3: a value continued"),
-            ("github.com:\n    x: {oauth_token: y}\n", "line 2: oauth_token in a form"),
+            (
+                "github.com:\n    oauth_token: |\n        x\n",
+                "line 2: a value in a YAML form",
+            ),
+            (
+                "github.com:\n    oauth_token: abc\n      def\n",
+                "line 3: a value continued",
+            ),
+            (
+                "github.com:\n    x: {oauth_token: y}\n",
+                "line 2: oauth_token in a form",
+            ),
             ("github.com:\n\toauth_token: y\n", "line 2: a tab"),
-            ("github.com:\n    oauth_token: \"a\\x\"\n", "line 2: a double-quoted"),
+            (
+                "github.com:\n    oauth_token: \"a\\x\"\n",
+                "line 2: a double-quoted",
+            ),
             ("  oauth_token: y\n", "line 1: a token under no host"),
         ] {
             let e = run(Format::Gh, text).unwrap_err();

@@ -53,8 +53,8 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn passwords_become_percent_encoded_tokens() {

@@ -138,7 +138,10 @@ impl Walker<'_> {
             Some(_) => {
                 // A number, true, false or null.
                 while self.at < self.b.len()
-                    && !matches!(self.b[self.at], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                    && !matches!(
+                        self.b[self.at],
+                        b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                    )
                 {
                     self.at += 1;
                 }
@@ -168,7 +171,12 @@ mod tests {
                 (vec!["a".into(), "n".into(), "c".into()], "z", "z"),
             ]
         );
-        assert!(string_values("{\"a\": }").err().unwrap().starts_with("not valid JSON"));
+        assert!(
+            string_values("{\"a\": }")
+                .err()
+                .unwrap()
+                .starts_with("not valid JSON")
+        );
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert!(string_values(&deep).is_err());
     }

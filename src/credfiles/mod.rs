@@ -329,16 +329,15 @@ pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 pub(crate) mod testing {
     use super::*;
 
+    /// The rewritten text and each (value, hosts) sealed, in order.
+    pub type Outcome = Result<(String, Vec<(String, Vec<String>)>), String>;
+
     /// A sealer for tests: `starpod:v1:T<n>` with the (value, hosts) recorded.
-    pub fn run(format: Format, text: &str) -> Result<(String, Vec<(String, Vec<String>)>), String> {
+    pub fn run(format: Format, text: &str) -> Outcome {
         run_with(format, text, &Context::default())
     }
 
-    pub fn run_with(
-        format: Format,
-        text: &str,
-        ctx: &Context,
-    ) -> Result<(String, Vec<(String, Vec<String>)>), String> {
+    pub fn run_with(format: Format, text: &str, ctx: &Context) -> Outcome {
         let mut seen = Vec::new();
         let out = rewrite(format, text.as_bytes(), ctx, &mut |v, h| {
             seen.push((v.to_owned(), h.to_vec()));
@@ -371,7 +370,10 @@ mod tests {
             ("/x/a=b/.npmrc".into(), Format::Npmrc)
         );
         let e = parse_spec("/x/creds").unwrap_err();
-        assert!(e.contains("=FORMAT") && e.contains("git-credentials"), "{e}");
+        assert!(
+            e.contains("=FORMAT") && e.contains("git-credentials"),
+            "{e}"
+        );
         for f in Format::ALL {
             assert_eq!(Format::from_name(f.name()), Some(*f));
         }
@@ -392,8 +394,14 @@ mod tests {
 
     #[test]
     fn url_hosts() {
-        assert_eq!(url_host("https://u:p@Git.Example:8443/x").unwrap(), "git.example");
-        assert_eq!(url_host("//registry.npmjs.org/").unwrap(), "registry.npmjs.org");
+        assert_eq!(
+            url_host("https://u:p@Git.Example:8443/x").unwrap(),
+            "git.example"
+        );
+        assert_eq!(
+            url_host("//registry.npmjs.org/").unwrap(),
+            "registry.npmjs.org"
+        );
         assert_eq!(url_host("registry.test:5000").unwrap(), "registry.test");
         assert_eq!(url_host("sparse+https://r.test/index/").unwrap(), "r.test");
         assert_eq!(url_host("http://[::1]:80/").unwrap(), "::1");

@@ -133,8 +133,8 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn passwords_are_replaced_in_place() {
@@ -156,10 +156,16 @@ mod tests {
     #[test]
     fn what_cannot_be_bound_is_refused() {
         for (text, why) in [
-            ("default login x password p\n", "line 1: a password under `default`"),
+            (
+                "default login x password p\n",
+                "line 1: a password under `default`",
+            ),
             ("password p\n", "line 1: a password before any machine"),
             ("secret = x\n", "line 1: a word netrc does not know"),
-            ("machine a.test password\n", "line 1: password without a value"),
+            (
+                "machine a.test password\n",
+                "line 1: password without a value",
+            ),
             ("machine a.test password \"open\n", "line 1: a quoted token"),
         ] {
             let e = run(Format::Netrc, text).unwrap_err();

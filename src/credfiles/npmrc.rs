@@ -72,7 +72,9 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
             continue;
         }
         let host = match scope {
-            Some(scope) => url_host(scope).ok_or_else(|| format!("line {n}: a scope without a host"))?,
+            Some(scope) => {
+                url_host(scope).ok_or_else(|| format!("line {n}: a scope without a host"))?
+            }
             None => registry.clone(),
         };
         let (value, encoding) = match encoding {
@@ -118,8 +120,8 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
 
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn auth_keys_are_sealed_for_their_registry() {
@@ -150,9 +152,21 @@ mod tests {
 
     #[test]
     fn unknown_credentials_and_bad_base64_are_refused() {
-        assert!(run(Format::Npmrc, "secret = m\n").unwrap_err().starts_with("line 1: a credential"));
-        assert!(run(Format::Npmrc, "//a.test/:_auth=!!\n").unwrap_err().contains("not base64"));
+        assert!(
+            run(Format::Npmrc, "secret = m\n")
+                .unwrap_err()
+                .starts_with("line 1: a credential")
+        );
+        assert!(
+            run(Format::Npmrc, "//a.test/:_auth=!!\n")
+                .unwrap_err()
+                .contains("not base64")
+        );
         let no_colon = format!("//a.test/:_auth={}\n", B64.encode("nocolon"));
-        assert!(run(Format::Npmrc, &no_colon).unwrap_err().contains("user:password"));
+        assert!(
+            run(Format::Npmrc, &no_colon)
+                .unwrap_err()
+                .contains("user:password")
+        );
     }
 }

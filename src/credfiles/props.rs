@@ -5,8 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use proptest::prelude::*;
 
-use super::testing::run;
 use super::Format;
+use super::testing::run;
 
 fn secret() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_]{12,24}".prop_map(|s| format!("SeCrEt{s}"))
@@ -60,11 +60,15 @@ fn no_secret_survives_a_rewrite() {
     crate::fuzz::check("credfiles rewrite", 64, strategy, |(format, items)| {
         let (secrets, hosts): (Vec<String>, Vec<String>) = items.into_iter().unzip();
         let text = file(format, &secrets, &hosts);
-        let (out, seen) = run(format, &text).map_err(|e| TestCaseError::fail(format!("{format:?}: {e}\n{text}")))?;
+        let (out, seen) = run(format, &text)
+            .map_err(|e| TestCaseError::fail(format!("{format:?}: {e}\n{text}")))?;
         prop_assert!(!seen.is_empty());
         for s in &secrets {
             prop_assert!(!out.contains(s.as_str()), "{format:?}: {s} in\n{out}");
-            prop_assert!(!out.contains(&B64.encode(format!("u:{s}"))), "{format:?}: base64");
+            prop_assert!(
+                !out.contains(&B64.encode(format!("u:{s}"))),
+                "{format:?}: base64"
+            );
         }
         for (v, _) in &seen {
             prop_assert!(secrets.contains(v), "{format:?}: sealed a non-secret");

@@ -115,8 +115,8 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{hosts, run};
     use super::super::Format;
+    use super::super::testing::{hosts, run};
 
     #[test]
     fn passwords_are_sealed_for_their_repository() {
@@ -139,8 +139,14 @@ mod tests {
     fn what_cannot_be_bound_is_refused() {
         for (text, why) in [
             ("secret = x\n", "line 1: a key before any [section]"),
-            ("[x]\npassword = p\n", "line 2: a password in a section with no repository"),
-            ("[pypi]\npassword = p\n  more\n", "line 2: a password continued"),
+            (
+                "[x]\npassword = p\n",
+                "line 2: a password in a section with no repository",
+            ),
+            (
+                "[pypi]\npassword = p\n  more\n",
+                "line 2: a password continued",
+            ),
             ("[pypi]\napi_token = p\n", "line 2: a credential"),
         ] {
             let e = run(Format::Pypirc, text).unwrap_err();

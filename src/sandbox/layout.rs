@@ -250,11 +250,8 @@ pub fn layout(input: &Input) -> Layout {
         .sealed
         .iter()
         .filter(|(p, _)| {
-            exists(p)
-                && !is_real_dir(p)
-                && !input.show.contains(p)
-                && !holds_root(p)
-                && !(in_fresh(p) && root_of(p).is_none())
+            let gone = in_fresh(p) && root_of(p).is_none();
+            exists(p) && !is_real_dir(p) && !input.show.contains(p) && !holds_root(p) && !gone
         })
         .collect();
     let mut hide_credential = |path: PathBuf, out: &mut Layout| {

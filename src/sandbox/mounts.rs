@@ -387,11 +387,7 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
                 .map(|(rel, _)| path.join(rel).symlink_metadata().ok())
                 .collect();
             let dir = path.metadata().ok();
-            tmpfs(
-                path,
-                nosuid_nodev | MsFlags::MS_NOEXEC,
-                "mode=0700,size=4m",
-            )?;
+            tmpfs(path, nosuid_nodev | MsFlags::MS_NOEXEC, "mode=0700,size=4m")?;
             for ((rel, contents), meta) in files.iter().zip(&metas) {
                 let file = path.join(rel);
                 if let Some(parent) = file.parent() {
@@ -412,7 +408,11 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
 
 /// Writes `contents` to the new file `path` with the owner and permission bits of `like` (the
 /// real file it stands in for: some clients refuse a credential file others may read).
-fn write_like(path: &Path, contents: &[u8], like: Option<&std::fs::Metadata>) -> Result<(), String> {
+fn write_like(
+    path: &Path,
+    contents: &[u8],
+    like: Option<&std::fs::Metadata>,
+) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::write(path, contents)
         .map_err(|e| format!("write the sealed {} in the sandbox: {e}", path.display()))?;
