@@ -91,7 +91,16 @@ impl Format {
             ".pypirc" | "pypirc" => Format::Pypirc,
             "credentials.toml" => Format::Cargo,
             "credentials" if parent == ".cargo" || parent == "cargo" => Format::Cargo,
-            _ => return None,
+            // `ci.netrc`, `work.npmrc`, …
+            _ => {
+                let ext = name.rsplit_once('.')?.1;
+                return Format::ALL.iter().copied().find(|f| {
+                    matches!(
+                        f,
+                        Format::Netrc | Format::Npmrc | Format::Pypirc | Format::GitCredentials
+                    ) && f.name() == ext
+                });
+            }
         })
     }
 }
@@ -361,6 +370,12 @@ mod tests {
             assert_eq!(Format::infer(Path::new(entry)), Some(*format), "{entry}");
         }
         assert_eq!(Format::infer(Path::new("/x/notes.txt")), None);
+        assert_eq!(Format::infer(Path::new("/x/ci.netrc")), Some(Format::Netrc));
+        assert_eq!(
+            Format::infer(Path::new("/x/work.npmrc")),
+            Some(Format::Npmrc)
+        );
+        assert_eq!(Format::infer(Path::new("/x/a.docker")), None);
         assert_eq!(
             parse_spec("/x/creds=netrc").unwrap(),
             ("/x/creds".into(), Format::Netrc)
