@@ -424,3 +424,54 @@ fn cargo_fetches_with_a_sealed_credentials_toml() {
         judge(&w, "cargo", &out, &real, |t| t.to_owned());
     });
 }
+
+/// `--seal-file` seals a file elsewhere (here in the writable working directory: covered, its
+/// directory pinned, the real file unchanged); `[files] show` shows a built-in one as it is.
+#[test]
+fn seal_file_seals_a_file_elsewhere_and_show_opts_out() {
+    for_each_mode(|mode| {
+        let w = World::new(mode);
+        let real = format!("machine {BOUND} login ci password {SECRET}\n");
+        let ci = w.work.join("ci.netrc");
+        std::fs::write(&ci, &real).unwrap();
+        let shown = "machine shown.test login me password not-sealed-because-shown\n";
+        w.put(".netrc", shown);
+        let policy = w.fx.env.path("show.toml");
+        std::fs::write(&policy, "[files]\nshow = [\"~/.netrc\"]\n").unwrap();
+        let port = w.fx.up.port().to_string();
+        let script = r#"curl -s -o /dev/null -w 'bound %{http_code}\n' --netrc-file ci.netrc "https://$1:$2/seal-file" \
+            && echo "home: $(cat ~/.netrc)" && echo '--- file' && cat ci.netrc && echo '--- end'"#;
+        let policy = policy.to_str().unwrap();
+        let out = w.sh(
+            &["--seal-file", "ci.netrc", "--policy", policy],
+            script,
+            &[BOUND, &port],
+        );
+        let mname = mode.name();
+        let stdout = stdout_str(&out);
+        assert!(stdout.contains("bound 200"), "[{mname}] {}", describe(&out));
+        assert!(
+            stdout.contains(&format!("home: {}", shown.trim())),
+            "[{mname}] {stdout}"
+        );
+        let inside = shown_file(&out);
+        assert_eq!(
+            inside,
+            real.replace(SECRET, &first_token(&inside)),
+            "[{mname}]"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&ci).unwrap(),
+            real,
+            "[{mname}] the real file changed"
+        );
+        let requests = w.requests("/seal-file");
+        assert!(
+            requests.iter().any(
+                |r| r.basic_credentials() == Some((b"ci".to_vec(), SECRET.as_bytes().to_vec()))
+            ),
+            "[{mname}] {requests:#?}"
+        );
+        assert!(free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()));
+    });
+}
