@@ -9,6 +9,8 @@
 //!   real values there (the leak guard), and redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
+//! - [`credfiles`]: credential files (`~/.git-credentials`, `~/.npmrc`, …) rewritten with
+//!   tokens in place of their secrets, one small rewriter per format (pure).
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
 //!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.
