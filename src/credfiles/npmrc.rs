@@ -55,8 +55,9 @@ pub(super) fn find(text: &str) -> Result<Vec<Found>, String> {
             Some((scope, name)) if scope.starts_with("//") => (Some(scope), name),
             _ => (None, key),
         };
-        let encoding = match name {
-            "_authToken" => Encoding::Raw,
+        // Any case: a key npm would not read still holds the secret.
+        let encoding = match name.to_ascii_lowercase().as_str() {
+            "_authtoken" => Encoding::Raw,
             "_auth" => Encoding::BasicPair(String::new()),
             "_password" => Encoding::Base64,
             _ if credential_named(name) => {
@@ -167,6 +168,19 @@ mod tests {
             run(Format::Npmrc, &no_colon)
                 .unwrap_err()
                 .contains("user:password")
+        );
+    }
+
+    #[test]
+    fn auth_keys_in_any_case_are_sealed_and_flags_kept() {
+        let (out, _) = run(
+            Format::Npmrc,
+            "//a.test/:_AUTHTOKEN=abc\nalways-auth=true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "//a.test/:_AUTHTOKEN=starpod:v1:T1+/=\nalways-auth=true\n"
         );
     }
 }
