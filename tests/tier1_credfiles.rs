@@ -475,3 +475,50 @@ fn seal_file_seals_a_file_elsewhere_and_show_opts_out() {
         assert!(free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()));
     });
 }
+
+/// A client of `~/.pypirc` as twine reads it (`RawConfigParser`): the repository's username and
+/// password as Basic credentials on an upload to its `repository` URL.
+const PYPIRC_CLIENT: &str = r#"
+import base64, configparser, os, ssl, urllib.request
+c = configparser.RawConfigParser()
+c.read(os.path.expanduser("~/.pypirc"))
+s = c["corp"]
+creds = base64.b64encode(f"{s['username']}:{s['password']}".encode()).decode()
+req = urllib.request.Request(s["repository"], data=b"upload", headers={"Authorization": "Basic " + creds})
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+print("status", urllib.request.urlopen(req, context=ctx).status)
+"#;
+
+#[test]
+fn a_pypirc_client_uploads_with_a_sealed_password() {
+    for_each_mode(|mode| {
+        let w = World::new(mode);
+        let repository = w.fx.url(BOUND, "/legacy/");
+        let real = format!(
+            "[distutils]\nindex-servers =\n    corp\n\n[corp]\nrepository = {repository}\nusername = __token__\npassword = {SECRET}\n"
+        );
+        w.put(".pypirc", &real);
+        let script =
+            r#"/usr/bin/python3 -c "$1" && echo '--- file' && cat ~/.pypirc && echo '--- end'"#;
+        let out = w.sh(&[], script, &[PYPIRC_CLIENT]);
+        let mname = mode.name();
+        assert!(
+            stdout_str(&out).contains("status 200"),
+            "[{mname}] {}",
+            describe(&out)
+        );
+        let inside = shown_file(&out);
+        assert_eq!(
+            inside,
+            real.replace(SECRET, &first_token(&inside)),
+            "[{mname}]"
+        );
+        let requests = w.requests("/legacy/");
+        assert!(
+            requests.iter().any(|r| r.basic_credentials()
+                == Some((b"__token__".to_vec(), SECRET.as_bytes().to_vec()))),
+            "[{mname}] the repository did not get the real password: {requests:#?}"
+        );
+        assert!(free_of(&out.stdout, SECRET.as_bytes()) && free_of(&out.stderr, SECRET.as_bytes()));
+    });
+}
