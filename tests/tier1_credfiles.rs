@@ -352,6 +352,7 @@ fn a_token_from_a_sealed_file_is_refused_for_another_host() {
         let script = r#"tok=$(awk '$1 == "password" {print $2}' ~/.netrc)
             curl -s -o /dev/null -w 'bound %{http_code}\n' --netrc "https://$1:$3/netrc-bound"
             curl -s -o /dev/null -w 'other %{http_code}\n' -H "Authorization: Bearer $tok" "https://$2:$3/netrc-other"
+            /usr/bin/python3 -c 'import netrc, sys; print("python netrc", netrc.netrc().authenticators(sys.argv[1])[0])' "$1"
             true"#;
         let out = w.sh(&[], script, &[BOUND, OTHER, &port]);
         let mname = mode.name();
@@ -362,6 +363,12 @@ fn a_token_from_a_sealed_file_is_refused_for_another_host() {
             describe(&out)
         );
         assert!(stdout.contains("other 403"), "[{mname}] {}", describe(&out));
+        // Python's netrc refuses a ~/.netrc with a password that is not the user's own, 0600.
+        assert!(
+            stdout.contains("python netrc x"),
+            "[{mname}] {}",
+            describe(&out)
+        );
         let bound = w.requests("/netrc-bound");
         assert!(
             bound.iter().any(|r| r.basic_credentials() == Some((b"x".to_vec(), SECRET.as_bytes().to_vec()))),
