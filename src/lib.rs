@@ -44,6 +44,7 @@ pub mod scan;
 pub mod seal;
 pub mod stats;
 pub mod token;
+pub mod vault;
 
 #[cfg(test)]
 mod fuzz;

@@ -175,7 +175,7 @@ impl Key {
         Ok(key)
     }
 
-    fn cipher(&self) -> &Aes256Gcm {
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
         &self.1
     }
 }

@@ -66,6 +66,8 @@ pub struct Resolved {
     pub write: Vec<PathBuf>,
     /// `--seal-file`: credential files shown sealed besides the built-in ones.
     pub seal_files: Vec<String>,
+    /// Secret files besides the key file and audit log (a vault outside the data dir).
+    pub hide: Vec<PathBuf>,
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
@@ -170,6 +172,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             Err(e) => problems.push(format!("{from} {e}")),
         }
     }
+    let vault_path = super::vault::chosen(key_args, args).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     let learn = match args.learn.clone().map(Learning::new).transpose() {
         Ok(learn) => learn,
         Err(e) => {
@@ -187,7 +193,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .map_err(input_error)?;
     let key = load_or_ephemeral_key(key_args)?;
     let mut sealed = Vec::new();
-    let sealed_env = specs
+    let mut sealed_env: Vec<SealedVar> = specs
         .iter()
         .zip(values)
         .map(|(spec, value)| {
@@ -201,6 +207,15 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             }
         })
         .collect();
+    let mut hide = Vec::new();
+    if let Some(path) = &vault_path {
+        store.vouch_path(path, "vault").map_err(input_error)?;
+        let taken: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        let from = super::vault::load(path, key_args, &key, args, &taken)?;
+        sealed_env.extend(from.vars);
+        sealed.extend(from.guard);
+        hide = from.hide;
+    }
     let audit_path = args
         .audit
         .clone()
@@ -253,6 +268,7 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         learn,
         write: args.write.clone(),
         seal_files: args.seal_file.clone(),
+        hide,
     })
 }
 
@@ -280,6 +296,7 @@ pub fn sandbox_config(
     ]
     .into_iter()
     .flatten()
+    .chain(resolved.hide)
     .collect();
     netcage::Started {
         cfg: resolved.proxy,

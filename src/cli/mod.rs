@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod run;
 pub mod serve;
 pub mod token;
+pub mod vault;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -125,6 +126,16 @@ pub struct PolicyArgs {
     /// (repeatable; Tier 1)
     #[arg(long, value_name = "PATH[=FORMAT]")]
     pub seal_file: Vec<String>,
+    /// Hand the command every entry of this Starpod vault as a token bound to the entry's
+    /// allowed hosts [default: vault.db in the data dir, when it exists]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_vault")]
+    pub vault: Option<PathBuf>,
+    /// Do not read the data dir's vault.db
+    #[arg(long)]
+    pub no_vault: bool,
+    /// Also hand out vault entries that name no allowed hosts, unrestricted (skipped otherwise)
+    #[arg(long)]
+    pub vault_unbound: bool,
     /// Record every host reached; at the end write a default-deny netcage.toml allowing
     /// exactly those to FILE (without FILE: print it on stderr)
     #[arg(long, value_name = "FILE", num_args = 0..=1)]

@@ -91,6 +91,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 learn,
                 write: started.write,
                 seal_files: started.seal_files,
+                hide: Vec::new(),
             };
             super::config::tier0_files_note(&resolved);
             runtime()?.block_on(run_env_tier(args, resolved))

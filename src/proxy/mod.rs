@@ -90,7 +90,7 @@ pub struct Proxy {
     pub(crate) tls: tls::Interceptor,
     pub(crate) guard: guard::Guard,
     /// Request bodies read whole share this (`limits.body_memory_mib`).
-    pub(crate) bodies: budget::Budget,
+    pub(crate) bodies: Arc<budget::Budget>,
     attribution: OnceLock<Attribution>,
     /// Open connections per exec (`[limits] connections_per_exec`).
     pub(crate) connections: Arc<quota::Connections>,
@@ -122,7 +122,7 @@ impl Proxy {
             .map_err(|e| ProxyError::Threads(format!("cannot start the proxy's threads: {e}")))?;
         let upstream = upstream::Upstream::new(&cfg, workers.len())?;
         let tls = tls::Interceptor::new(cfg.ca.clone());
-        let bodies = budget::Budget::new(cfg.policy.limits.body_memory_mib);
+        let bodies = Arc::new(budget::Budget::new(cfg.policy.limits.body_memory_mib));
         let connections = quota::Connections::new(cfg.policy.limits.connections_per_exec);
         let proxy = Arc::new(Proxy {
             cfg,

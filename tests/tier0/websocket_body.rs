@@ -239,6 +239,71 @@ print(json.dumps(out))
     assert_eq!(data[0].payload, b"small");
 }
 
+/// Messages being reassembled take their memory from the body budget: while one connection
+/// holds most of a large message unfinished, another's message finds no room and is closed
+/// with 1009 (nothing of it sent); once the first finishes, the budget is back.
+#[test]
+fn websocket_messages_being_reassembled_share_the_body_budget() {
+    let fx = Fx::new();
+    let policy = fx.env.path("ws-budget.toml");
+    std::fs::write(
+        &policy,
+        "[limits]\nbody_memory_mib = 2\nbody_wait_secs = 1\nwebsocket_message_mib = 4\n",
+    )
+    .unwrap();
+    let script = format!(
+        "{WS_PRELUDE}{}",
+        r#"
+import time
+def connect():
+    return websocket.create_connection(url, timeout=20,
+        sslopt={"ca_certs": os.environ["SSL_CERT_FILE"]})
+out = {}
+part = "a" * (768 * 1024)
+# The first connection sends 1.5 MiB of a message and waits: the proxy holds it.
+ws.send_frame(ABNF.create_frame(part, ABNF.OPCODE_TEXT, fin=0))
+ws.send_frame(ABNF.create_frame(part, ABNF.OPCODE_CONT, fin=0))
+time.sleep(1)
+# A second connection's 1 MiB message finds no room. (recv_frame: no close reply, which
+# could meet a reset: netcage stops reading that connection.)
+other = connect()
+other.send("b" * (1024 * 1024))
+while True:
+    frame = other.recv_frame()
+    if frame.opcode == ABNF.OPCODE_CLOSE:
+        out["second"] = [close_code(frame), frame.data[2:].decode()]
+        break
+# The first message ends; its echo comes back; then there is room again.
+ws.send_frame(ABNF.create_frame("end", ABNF.OPCODE_CONT, fin=1))
+out["first"] = len(ws.recv())
+third = connect()
+third.send("c" * (1024 * 1024))
+out["third"] = len(third.recv())
+print(json.dumps(out))
+"#
+    );
+    let url = ws_messages_url(&fx, "");
+    let token = fx.token();
+    let out = fx.python(&["--policy", policy.to_str().unwrap()], &script, &[&url, &token]);
+    let result = stdout_json(&out);
+    assert_eq!(result["second"][0], 1009, "{}", describe(&out));
+    assert!(
+        result["second"][1]
+            .as_str()
+            .unwrap()
+            .contains("limits.body_memory_mib"),
+        "{result}"
+    );
+    assert_eq!(result["first"], 2 * 768 * 1024 + 3, "{result}");
+    assert_eq!(result["third"], 1024 * 1024, "{result}");
+    // What the upstream received: the first and third messages whole, nothing of the second.
+    fx.up.wait_for_ws_message(WAIT, |m| m.payload.first() == Some(&b'c'));
+    let data = data_messages(&fx);
+    let firsts: Vec<u8> = data.iter().filter_map(|m| m.payload.first().copied()).collect();
+    assert_eq!(firsts, b"ac", "{data:#?}");
+    assert_eq!(data[0].payload.len(), 2 * 768 * 1024 + 3);
+}
+
 #[test]
 fn a_websocket_message_with_a_guarded_real_value_for_another_host_closes_with_1008() {
     let fx = Fx::new();

@@ -10,6 +10,7 @@
 //! send.rs          the upstream call: hop-by-hop headers, URI, protocol, timeouts, failures
 //! upgrade.rs       after a 101: the two upgraded connections are joined (WebSocket or bytes)
 //! websocket.rs     WebSocket messages: tokens substituted going out, values redacted coming back
+//! ws_memory.rs     the memory of WebSocket messages being reassembled, charged to the body budget
 //! response.rs      the response on its way back: headers and body through the redactor
 //! hop.rs           hop-by-hop headers, removed on both ways
 //! ```
@@ -23,6 +24,7 @@ pub(super) mod response;
 pub(super) mod send;
 pub(super) mod upgrade;
 pub(in crate::proxy) mod websocket;
+pub(in crate::proxy) mod ws_memory;
 
 use std::sync::Arc;
 

@@ -84,7 +84,8 @@ async fn read_whole(
     let (decider, name) = (&checks.decider, checks.name.as_str());
     let limits = &proxy.cfg.policy.limits;
     let wait = limits.body_wait_secs;
-    let Some(share) = proxy.bodies.take(length, Limits::secs(wait)).await else {
+    let exec = event.exec.as_deref();
+    let Some(share) = proxy.bodies.take(exec, length, Limits::secs(wait)).await else {
         let reason = format!(
             "limits.body_memory_mib: the {} MiB for request bodies had no room for this one ({length} bytes) within {wait} s (limits.body_wait_secs); try again later",
             limits.body_memory_mib

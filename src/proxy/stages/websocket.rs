@@ -9,6 +9,8 @@
 //!   Each message that carried a token gets one audit line (`kind` `websocket`).
 //! - A message coming back goes through the redactor of the connection's substituted values,
 //!   which includes the values substituted in earlier messages.
+//! - While a message is reassembled, its memory is charged to the body budget
+//!   (`ws_memory.rs`); with no room in time the connection is closed with 1009.
 //! - Pings, pongs and close frames pass (tungstenite also answers a ping at once, so one ping
 //!   may be answered twice); their payloads are not scanned going out, and redacted coming back.
 
@@ -27,6 +29,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::reflect::{self, ReflectSet};
 use super::request_body::scan_whole;
+use super::ws_memory::{Meter, Metered};
 use crate::audit::Event;
 use crate::proxy::Proxy;
 use crate::proxy::decide::{BlockInfo, Decider};
@@ -186,6 +189,18 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
+    let wait = crate::policy::Limits::secs(session.proxy.cfg.policy.limits.body_wait_secs);
+    let meters = [Arc::new(Meter::default()), Arc::new(Meter::default())];
+    let budget = &session.proxy.bodies;
+    let exec = session.request.exec.clone();
+    let client = Metered::new(
+        client,
+        meters[0].clone(),
+        budget.clone(),
+        exec.clone(),
+        wait,
+    );
+    let upstream = Metered::new(upstream, meters[1].clone(), budget.clone(), exec, wait);
     let client = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
     let (to_client, from_client) = client.split();
@@ -195,8 +210,8 @@ where
         to_upstream: Mutex::new(to_upstream),
         closing: Notify::new(),
     };
-    let out = outgoing(&session, from_client, &sides);
-    let back = incoming(&session, from_upstream, &sides);
+    let out = outgoing(&session, from_client, &sides, &meters[0]);
+    let back = incoming(&session, from_upstream, &sides, &meters[1]);
     let closed = async {
         sides.closing.notified().await;
         tokio::time::sleep(CLOSE_GRACE).await;
@@ -212,8 +227,9 @@ where
 /// Client → server: each message checked ([`Session::outgoing`]) before it is sent.
 async fn outgoing<C, U>(
     session: &Session,
-    mut from_client: SplitStream<WebSocketStream<C>>,
-    sides: &Sides<C, U>,
+    mut from_client: SplitStream<WebSocketStream<Metered<C>>>,
+    sides: &Sides<Metered<C>, Metered<U>>,
+    meter: &Meter,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -225,12 +241,13 @@ async fn outgoing<C, U>(
         let message = match next {
             Ok(message) => message,
             Err(e) => {
-                let (code, reason) = failure(&e, session);
+                let (code, reason) = failure(&e, session, meter);
                 sides.to_client(close(code, &reason)).await;
                 sides.to_upstream(close(code, &reason)).await;
                 return;
             }
         };
+        let _relayed = Relayed::new(meter, &message);
         if closed {
             continue;
         }
@@ -276,8 +293,9 @@ async fn outgoing<C, U>(
 /// Server → client: each message through the redactor.
 async fn incoming<C, U>(
     session: &Session,
-    mut from_upstream: SplitStream<WebSocketStream<U>>,
-    sides: &Sides<C, U>,
+    mut from_upstream: SplitStream<WebSocketStream<Metered<U>>>,
+    sides: &Sides<Metered<C>, Metered<U>>,
+    meter: &Meter,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -286,12 +304,13 @@ async fn incoming<C, U>(
         let message = match next {
             Ok(message) => message,
             Err(e) => {
-                let (code, reason) = failure(&e, session);
+                let (code, reason) = failure(&e, session, meter);
                 sides.to_upstream(close(code, &reason)).await;
                 sides.to_client(close(code, &reason)).await;
                 return;
             }
         };
+        let _relayed = Relayed::new(meter, &message);
         let message = match message {
             Message::Text(text) => match Utf8Bytes::try_from(session.redact(Bytes::from(text))) {
                 Ok(text) => Message::Text(text),
@@ -318,7 +337,17 @@ async fn incoming<C, U>(
 /// The close code and reason for a side whose read failed with `e`: 1009 for a message over
 /// the limit, 1007 for text that is not UTF-8, 1002 for a protocol error, 1001 when the
 /// connection itself failed (then nothing can be sent on it, and the other side gets 1001).
-fn failure(e: &WsError, session: &Session) -> (CloseCode, String) {
+fn failure(e: &WsError, session: &Session, meter: &Meter) -> (CloseCode, String) {
+    if meter.exhausted() {
+        let limits = &session.proxy.cfg.policy.limits;
+        return (
+            CloseCode::Size,
+            format!(
+                "netcage: no room in limits.body_memory_mib = {} within {} s",
+                limits.body_memory_mib, limits.body_wait_secs
+            ),
+        );
+    }
     match e {
         WsError::Capacity(_) => (
             CloseCode::Size,
@@ -333,6 +362,32 @@ fn failure(e: &WsError, session: &Session) -> (CloseCode, String) {
             "netcage: WebSocket protocol error".to_owned(),
         ),
         _ => (CloseCode::Away, String::new()),
+    }
+}
+
+/// Gives a message's share of the budget back once it has been relayed (or dropped): all of
+/// it for a data message, its own bytes for a control frame.
+struct Relayed<'m> {
+    meter: &'m Meter,
+    control: Option<usize>,
+}
+
+impl<'m> Relayed<'m> {
+    fn new(meter: &'m Meter, message: &Message) -> Self {
+        let control = match message {
+            Message::Ping(data) | Message::Pong(data) => Some(data.len()),
+            _ => None,
+        };
+        Relayed { meter, control }
+    }
+}
+
+impl Drop for Relayed<'_> {
+    fn drop(&mut self) {
+        match self.control {
+            Some(len) => self.meter.control_done(len),
+            None => self.meter.message_done(),
+        }
     }
 }
 
