@@ -71,6 +71,19 @@ pub struct Resolved {
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
+    resolve_for(key_args, args, None)
+}
+
+/// `sidecar_ca_dir`: a Kubernetes sidecar's (`netcage proxy --transparent`): the CA is made in
+/// memory with its public files in that directory, the audit log goes to stderr unless given,
+/// and there is no key-file trust record (no netcage sandbox shares the sidecar's files; its
+/// root file system may be read-only).
+pub fn resolve_for(
+    key_args: &KeyArgs,
+    args: &PolicyArgs,
+    sidecar_ca_dir: Option<&Path>,
+) -> anyhow::Result<Resolved> {
+    let sidecar = sidecar_ca_dir.is_some();
     let mut problems = Vec::new();
     let mut policy = match &args.policy {
         Some(path) => Policy::load(path).unwrap_or_else(|e| {
@@ -188,10 +201,22 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     }
     let store = netcage::keytrust::Store::default_location();
     let data_dir = key_args.data_dir();
-    store
-        .vouch_path(&data_dir, "data dir")
-        .map_err(input_error)?;
-    let key = load_or_ephemeral_key(key_args)?;
+    let key = match (&key_args.key_file, sidecar) {
+        (_, false) => {
+            store
+                .vouch_path(&data_dir, "data dir")
+                .map_err(input_error)?;
+            load_or_ephemeral_key(key_args)?
+        }
+        (Some(path), true) => {
+            let loaded = Key::load(path)?;
+            if let Some(warning) = loaded.warning {
+                eprintln!("netcage: note: {warning}");
+            }
+            loaded.key
+        }
+        (None, true) => Key::generate(),
+    };
     let mut sealed = Vec::new();
     let mut sealed_env: Vec<SealedVar> = specs
         .iter()
@@ -220,25 +245,34 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .audit
         .clone()
         .or_else(|| policy.audit.path.clone())
+        .or_else(|| sidecar.then(|| "-".to_owned()))
         .unwrap_or_else(|| {
             data_dir
                 .join("netcage-audit.jsonl")
                 .to_string_lossy()
                 .into_owned()
         });
-    if audit_path != "-" {
+    if audit_path != "-" && !sidecar {
         store
             .vouch_path(Path::new(&audit_path), "audit log")
             .map_err(input_error)?;
     }
     // Before the audit log, which would make a missing data dir with the umask's mode (the CA
     // makes it 0700).
-    let ca = Ca::load_or_create(&data_dir).with_context(|| {
-        format!(
-            "the data dir {} (give another with --data-dir DIR)",
-            data_dir.display()
-        )
-    })?;
+    let ca = match sidecar_ca_dir {
+        Some(dir) => Ca::ephemeral(dir).with_context(|| {
+            format!(
+                "the CA directory {} (give a writable one with --ca-dir DIR)",
+                dir.display()
+            )
+        })?,
+        None => Ca::load_or_create(&data_dir).with_context(|| {
+            format!(
+                "the data dir {} (give another with --data-dir DIR)",
+                data_dir.display()
+            )
+        })?,
+    };
     if let Some(why) = ca.truststore_problem() {
         eprintln!(
             "netcage: warning: {why}; Java programs will not trust netcage's CA (make the data dir writable, or give another with --data-dir DIR)"

@@ -5,6 +5,8 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod exec;
+pub mod k8s;
+pub mod k8s_check;
 pub mod key;
 pub mod learn;
 pub mod proxy;
@@ -62,6 +64,16 @@ pub enum Command {
     /// Key files: trust one netcage refused as possibly planted by a sandboxed command
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Kubernetes init container: load the pod's nft rules (needs only NET_ADMIN)
+    #[command(name = "k8s-init")]
+    K8sInit(K8sInitArgs),
+    /// Kubernetes: lint manifests for what the pod's egress guarantee needs
+    #[command(name = "k8s-check")]
+    K8sCheck(K8sCheckArgs),
+    /// Kubernetes startupProbe: exit 0 once `netcage proxy --transparent --ready-file FILE`
+    /// is serving
+    #[command(name = "k8s-ready")]
+    K8sReady(K8sReadyArgs),
     /// Which tier this machine allows, and why
     Doctor,
     /// A self-contained demonstration on a local HTTPS server
@@ -224,13 +236,70 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct ProxyCmdArgs {
-    /// Address to listen on
+    /// Address to listen on (the explicit proxy)
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// A Kubernetes pod's sidecar, after `netcage k8s-init`: take the connections and DNS
+    /// queries the pod's nft rules redirect, on 127.0.0.1 and ::1 (DNS answered as in Tier 1)
+    #[arg(long)]
+    pub transparent: bool,
+    /// --transparent: the port of the transparent listener (k8s-init's --port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_PORT)]
+    pub port: u16,
+    /// --transparent: the resolver's port, UDP and TCP (k8s-init's --dns-port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_DNS_PORT)]
+    pub dns_port: u16,
+    /// --transparent: make the CA in memory and write only its public files (the bundle for
+    /// SSL_CERT_FILE, the certificate, the Java truststore) to DIR, the volume the app mounts
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// --transparent: write the --seal tokens to FILE as NAME=TOKEN lines (mode 0644)
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// --transparent: create FILE once listening (removed first; the startupProbe is
+    /// `netcage k8s-ready FILE`)
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+pub const DEFAULT_POD_PORT: u16 = 15001;
+pub const DEFAULT_POD_DNS_PORT: u16 = 15053;
+
+#[derive(Args, Debug)]
+pub struct K8sInitArgs {
+    /// The sidecar's uid (`netcage proxy --transparent` runs as it): its traffic is let out
+    #[arg(long, value_name = "UID")]
+    pub proxy_uid: u32,
+    /// The sidecar's transparent port (its --port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_PORT)]
+    pub port: u16,
+    /// The sidecar's resolver port (its --dns-port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_DNS_PORT)]
+    pub dns_port: u16,
+    /// Print the rules (nft syntax) instead of loading them
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct K8sCheckArgs {
+    /// Manifests (YAML, several documents each allowed); '-' for stdin
+    #[arg(required = true, value_name = "FILE.yaml")]
+    pub files: Vec<PathBuf>,
+    /// The sidecar's uid when no `k8s-init --proxy-uid` in the manifest says it
+    #[arg(long, value_name = "UID", default_value_t = 1337)]
+    pub proxy_uid: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct K8sReadyArgs {
+    /// The sidecar's --ready-file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +378,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Token(cmd) => token::token(cmd),
         Command::Ca(cmd) => ca::ca(cmd),
         Command::Key(cmd) => key::key(cmd),
+        Command::K8sInit(args) => k8s::init(args),
+        Command::K8sCheck(args) => k8s::check(args),
+        Command::K8sReady(args) => k8s::ready(args),
         Command::Doctor => doctor::doctor(),
         Command::Demo(args) => demo::demo(args),
         Command::Holder => Ok(netcage::sandbox::holder::holder_main().clamp(0, 255) as u8),
