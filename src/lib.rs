@@ -10,6 +10,8 @@
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
 //! - [`aws`]: `--seal-aws`: real AWS keys, their stand-ins for the command, profile reading.
+//! - [`credfiles`]: credential files (`~/.git-credentials`, `~/.npmrc`, …) rewritten with
+//!   tokens in place of their secrets, one small rewriter per format (pure).
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
 //!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.
@@ -30,6 +32,7 @@ mod api;
 pub mod audit;
 pub mod aws;
 pub mod ca;
+pub mod credfiles;
 pub mod datadir;
 mod der;
 pub mod env;

@@ -196,6 +196,10 @@ pub struct FilesConfig {
     /// Built-in entries to show after all (as written in the list, e.g. `~/.npmrc`).
     #[serde(default)]
     pub show: Vec<String>,
+    /// Credential files to show sealed (tokens in place of their secrets) besides the
+    /// built-in ones: `PATH` or `PATH=FORMAT` (`credfiles`).
+    #[serde(default)]
+    pub seal: Vec<String>,
 }
 
 /// The whole policy. `Policy::default()` is what runs without a file.
@@ -374,9 +378,15 @@ impl Policy {
         }
         out.extend(self.limits.problems());
         let files = &self.files;
+        for entry in &files.seal {
+            if let Err(e) = crate::credfiles::parse_spec(entry) {
+                out.push(format!("bad files.seal entry: {e}"));
+            }
+        }
         for (key, entry) in (files.write.iter().map(|e| ("write", e)))
             .chain(files.hide.iter().map(|e| ("hide", e)))
             .chain(files.show.iter().map(|e| ("show", e)))
+            .chain(files.seal.iter().map(|e| ("seal", e)))
         {
             if entry.trim().is_empty() || (entry.starts_with('~') && !entry.starts_with("~/")) {
                 out.push(format!(

@@ -84,6 +84,7 @@ pub struct SandboxBuilder {
     netcage: Option<PathBuf>,
     exec_prefix: String,
     write: Vec<PathBuf>,
+    seal_files: Vec<String>,
 }
 
 /// A running sandbox: start commands in it with [`Sandbox::command`], end it with
@@ -123,6 +124,7 @@ impl Sandbox {
             netcage: None,
             exec_prefix: random_tag(),
             write: Vec::new(),
+            seal_files: Vec::new(),
         }
     }
 
@@ -145,6 +147,11 @@ impl Sandbox {
     /// Credential locations the commands do not see (hidden behind empty ones).
     pub fn hidden(&self) -> &[PathBuf] {
         &self.view.hidden
+    }
+
+    /// Credential files the commands see sealed (tokens in place of their secrets).
+    pub fn sealed_files(&self) -> &[PathBuf] {
+        &self.view.sealed
     }
 
     /// Directories the commands may change for real (the working directory, `write`).
@@ -310,6 +317,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// Shows this credential file sealed: every secret in it replaced by a token bound to the
+    /// host the file gives it (`PATH` or `PATH=FORMAT`, see [`crate::credfiles`]), like
+    /// `--seal-file`. The built-in credential files are sealed without asking.
+    pub fn seal_file(mut self, spec: &str) -> Self {
+        self.seal_files.push(spec.to_owned());
+        self
+    }
+
     /// Covers this file with an empty one inside the sandbox (an audit log, a secret file).
     pub fn hide(mut self, path: impl Into<PathBuf>) -> Self {
         self.hide.push(path.into());
@@ -429,6 +444,7 @@ impl SandboxBuilder {
             netcage,
             prefix: self.exec_prefix,
             write: self.write,
+            seal_files: self.seal_files,
         };
         let (started, launched) = tokio::task::spawn_blocking(move || {
             let launched = started.launch();
@@ -461,6 +477,9 @@ pub struct Started {
     /// Writable besides the working directory (`--write`; `[files] write` comes from the
     /// policy).
     pub write: Vec<PathBuf>,
+    /// Credential files to show sealed besides the built-in ones (`--seal-file PATH[=FORMAT]`;
+    /// `[files] seal` comes from the policy).
+    pub seal_files: Vec<String>,
 }
 
 impl Started {
@@ -474,7 +493,7 @@ impl Started {
                 self.data_dir.display()
             ))
         })?;
-        let view = view::filesystem_view(self, &data_dir)?;
+        let (view, sealed_values) = view::filesystem_view(self, &data_dir)?;
         let spec = HolderSpec {
             rootless: !root,
             layout: view.ops.clone(),
@@ -483,6 +502,7 @@ impl Started {
         };
         let mut launched = launch::launch(&spec, &self.netcage).map_err(Error)?;
         launched.view = view;
+        launched.sealed_values = sealed_values;
         let notes = std::mem::take(&mut launched.notes);
         launched.view.notes.extend(notes);
         Ok(launched)
@@ -502,7 +522,10 @@ impl Started {
         );
         let execs = Execs::new(launched.control, launched.proc_dir)
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
-        let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
+        let mut cfg = self.cfg;
+        // The real values of the sealed credential files: guarded like `seal`'s.
+        cfg.sealed.extend(launched.sealed_values);
+        let proxy = Proxy::new(cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
         proxy.set_attribution(Arc::new(move |peer, proto| {
             Box::pin(attribution.exec_of(peer, proto))

@@ -64,6 +64,8 @@ pub struct Resolved {
     pub learn: Option<Learning>,
     /// `--write`: writable in the sandbox besides the working directory.
     pub write: Vec<PathBuf>,
+    /// `--seal-file`: credential files shown sealed besides the built-in ones.
+    pub seal_files: Vec<String>,
     /// Secret files besides the key file and audit log (a vault outside the data dir).
     pub hide: Vec<PathBuf>,
 }
@@ -162,6 +164,29 @@ pub fn resolve_for(
                 "{from} {}: {e}; make it first, or leave it out",
                 path.display()
             ));
+        }
+    }
+    // Credential files to seal must exist and name (or be named as) a known format.
+    let seal_files = args
+        .seal_file
+        .iter()
+        .map(|s| ("--seal-file", s))
+        .chain(policy.files.seal.iter().map(|s| ("files.seal", s)));
+    for (from, spec) in seal_files {
+        match netcage::credfiles::parse_spec(spec) {
+            Ok((path, _)) => {
+                let Some(path) = netcage::sandbox::layout::expand(&path, home.as_deref()) else {
+                    continue;
+                };
+                let path = netcage::sandbox::layout::absolute(&path, &cwd);
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{from} {}: not a file; make it first, or leave it out",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{from} {e}")),
         }
     }
     let vault_path = super::vault::chosen(key_args, args).unwrap_or_else(|e| {
@@ -304,6 +329,7 @@ pub fn resolve_for(
         sealed_env,
         learn,
         write: args.write.clone(),
+        seal_files: args.seal_file.clone(),
         hide,
     })
 }
@@ -381,6 +407,7 @@ pub fn sandbox_config(
         netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
         prefix: prefix.into(),
         write: resolved.write,
+        seal_files: resolved.seal_files,
     }
 }
 
@@ -398,8 +425,28 @@ pub fn report_view(view: &netcage::sandbox::layout::Layout) {
             names.join(", ")
         );
     }
+    if !view.sealed.is_empty() {
+        let names: Vec<String> = view
+            .sealed
+            .iter()
+            .map(|p| netcage::sandbox::layout::tilde(p, home.as_deref()))
+            .collect();
+        eprintln!(
+            "netcage: sealed for the command: {} (tokens in place of the secrets, each bound to its host; [files] show opts one out)",
+            names.join(", ")
+        );
+    }
     for note in &view.notes {
         eprintln!("netcage: note: {note}");
+    }
+}
+
+/// In Tier 0 nothing is hidden: the command reads the real credential files.
+pub fn tier0_files_note(resolved: &Resolved) {
+    if !resolved.seal_files.is_empty() || !resolved.proxy.policy.files.seal.is_empty() {
+        eprintln!(
+            "netcage: note: --seal-file and [files] seal work in Tier 1 only; in Tier 0 the command reads the real files"
+        );
     }
 }
 

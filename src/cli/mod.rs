@@ -132,6 +132,12 @@ pub struct PolicyArgs {
     /// Hand the child a token for variable NAME instead of its value, bound to HOSTs
     #[arg(long, value_name = "NAME[=HOST,..]")]
     pub seal: Vec<String>,
+    /// Show the credential file PATH sealed: each secret in it replaced by a token bound to
+    /// the host the file gives it (FORMAT: git-credentials, netrc, npmrc, docker, gh, pypirc,
+    /// cargo; default: from the name). The built-in credential files are sealed unasked
+    /// (repeatable; Tier 1)
+    #[arg(long, value_name = "PATH[=FORMAT]")]
+    pub seal_file: Vec<String>,
     /// Hand the command every entry of this Starpod vault as a token bound to the entry's
     /// allowed hosts [default: vault.db in the data dir, when it exists]
     #[arg(long, value_name = "FILE", conflicts_with = "no_vault")]
