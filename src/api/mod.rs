@@ -493,7 +493,7 @@ impl Started {
                 self.data_dir.display()
             ))
         })?;
-        let (view, sealed_values) = view::filesystem_view(self, &data_dir)?;
+        let (view, secrets) = view::filesystem_view(self, &data_dir)?;
         let spec = HolderSpec {
             rootless: !root,
             layout: view.ops.clone(),
@@ -502,7 +502,8 @@ impl Started {
         };
         let mut launched = launch::launch(&spec, &self.netcage).map_err(Error)?;
         launched.view = view;
-        launched.sealed_values = sealed_values;
+        launched.sealed_values = secrets.values;
+        launched.sealed_aws = secrets.aws;
         let notes = std::mem::take(&mut launched.notes);
         launched.view.notes.extend(notes);
         Ok(launched)
@@ -525,6 +526,8 @@ impl Started {
         let mut cfg = self.cfg;
         // The real values of the sealed credential files: guarded like `seal`'s.
         cfg.sealed.extend(launched.sealed_values);
+        // The AWS keys of a sealed ~/.aws: re-signed like --seal-aws's.
+        cfg.aws.extend(launched.sealed_aws);
         let proxy = Proxy::new(cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
         proxy.set_attribution(Arc::new(move |peer, proto| {

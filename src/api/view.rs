@@ -27,12 +27,17 @@ fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// The view for `started`, whose data dir is `data_dir` (canonical), and the real values of
-/// the sealed credential files in it (for the proxy's leak guard).
-pub fn filesystem_view(
-    started: &Started,
-    data_dir: &Path,
-) -> Result<(Layout, Vec<SealedValue>), Error> {
+/// What the sealed credential files hold for the proxy: real values for its leak guard, AWS
+/// keys it re-signs with (`~/.aws/*`).
+#[derive(Default)]
+pub struct Secrets {
+    pub values: Vec<SealedValue>,
+    pub aws: Vec<crate::aws::AwsCredential>,
+}
+
+/// The view for `started`, whose data dir is `data_dir` (canonical), and the real secrets of
+/// the sealed credential files in it.
+pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<(Layout, Secrets), Error> {
     let cwd = std::env::current_dir()
         .map_err(|e| Error(format!("cannot tell the working directory: {e}")))?;
     let cwd = canonical(&cwd);
@@ -90,7 +95,7 @@ pub fn filesystem_view(
     }
     let show: Vec<PathBuf> = files.show.iter().filter_map(|e| resolve(e)).collect();
     let mut notes = Vec::new();
-    let (sealed, values) =
+    let (sealed, secrets) =
         seal_files(started, home.as_deref(), &cwd, &show, &mut hide, &mut notes)?;
     let store = keytrust::Store::default_location();
     // It must exist to be hidden (the first run of all makes it).
@@ -159,7 +164,7 @@ pub fn filesystem_view(
     view.notes.extend(notes);
     // Before anything can write there: a key file that appears there later is refused.
     store.grant_writable(&view.writable).map_err(Error)?;
-    Ok((view, values))
+    Ok((view, secrets))
 }
 
 /// Sealed credential files: (canonical path, contents holding only tokens).
@@ -176,7 +181,7 @@ fn seal_files(
     show: &[PathBuf],
     hide: &mut Vec<PathBuf>,
     notes: &mut Vec<String>,
-) -> Result<(SealedFiles, Vec<SealedValue>), Error> {
+) -> Result<(SealedFiles, Secrets), Error> {
     let resolve = |entry: &str| expand(entry, home).map(|p| absolute(&p, cwd));
     let mut wanted: Vec<(PathBuf, Format, bool)> = Vec::new();
     for spec in started
@@ -209,9 +214,14 @@ fn seal_files(
             .filter_map(|e| std::fs::read_to_string(resolve(e)?).ok())
             .flat_map(|text| credfiles::registry_indexes(&text))
             .collect(),
+        aws_hosts: crate::aws::DEFAULT_HOSTS
+            .iter()
+            .map(|h| h.to_string())
+            .chain(started.cfg.policy.secrets.aws_hosts.iter().cloned())
+            .collect(),
     };
     let mut sealed: SealedFiles = Vec::new();
-    let mut values = Vec::new();
+    let mut secrets = Secrets::default();
     for (path, format, asked) in wanted {
         if show.iter().any(|s| path.starts_with(s)) {
             continue;
@@ -223,7 +233,8 @@ fn seal_files(
         match credfiles::seal_file(&real, format, &ctx, &started.cfg.key) {
             Ok(s) => {
                 sealed.push((real, s.contents));
-                values.extend(s.values);
+                secrets.values.extend(s.values);
+                secrets.aws.extend(s.aws);
             }
             Err(why) => {
                 notes.push(format!(
@@ -237,5 +248,5 @@ fn seal_files(
             }
         }
     }
-    Ok((sealed, values))
+    Ok((sealed, secrets))
 }

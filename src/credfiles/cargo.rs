@@ -115,6 +115,7 @@ mod tests {
             cargo_indexes: registry_indexes(
                 "[registries.corp]\nindex = \"sparse+https://cargo.corp.test/index/\"\n[net]\nretry = 2\n",
             ),
+            ..Context::default()
         };
         let (out, seen) = run_with(Format::Cargo, text, &ctx).unwrap();
         assert_eq!(

@@ -10,6 +10,7 @@
 //! parser does not fully understand is refused (it then stays hidden): a secret left in place
 //! would be readable.
 
+mod aws;
 mod cargo;
 mod docker;
 mod gh;
@@ -43,6 +44,8 @@ pub enum Format {
     Gh,
     Pypirc,
     Cargo,
+    /// `~/.aws/credentials` and `~/.aws/config`: SigV4 stand-ins, not tokens (`aws.rs`).
+    Aws,
 }
 
 impl Format {
@@ -54,6 +57,7 @@ impl Format {
         Format::Gh,
         Format::Pypirc,
         Format::Cargo,
+        Format::Aws,
     ];
 
     /// The name `--seal-file PATH=FORMAT` takes.
@@ -66,6 +70,7 @@ impl Format {
             Format::Gh => "gh",
             Format::Pypirc => "pypirc",
             Format::Cargo => "cargo",
+            Format::Aws => "aws",
         }
     }
 
@@ -91,6 +96,7 @@ impl Format {
             ".pypirc" | "pypirc" => Format::Pypirc,
             "credentials.toml" => Format::Cargo,
             "credentials" if parent == ".cargo" || parent == "cargo" => Format::Cargo,
+            "credentials" | "config" if parent == ".aws" => Format::Aws,
             // `ci.netrc`, `work.npmrc`, …
             _ => {
                 let ext = name.rsplit_once('.')?.1;
@@ -106,7 +112,8 @@ impl Format {
 }
 
 /// The credential files of `credentials::HOME_SECRETS` that are sealed by default (Tier 1).
-/// `~/.aws/credentials` is SigV4's (a stand-in key pair, not a token), not this module's.
+/// `~/.aws` shows only its two files, with SigV4 stand-ins for the keys (`aws.rs`); its SSO and
+/// CLI caches stay hidden.
 pub const DEFAULTS: &[(&str, Format)] = &[
     ("~/.git-credentials", Format::GitCredentials),
     ("~/.config/git/credentials", Format::GitCredentials),
@@ -117,6 +124,8 @@ pub const DEFAULTS: &[(&str, Format)] = &[
     ("~/.pypirc", Format::Pypirc),
     ("~/.cargo/credentials.toml", Format::Cargo),
     ("~/.cargo/credentials", Format::Cargo),
+    ("~/.aws/credentials", Format::Aws),
+    ("~/.aws/config", Format::Aws),
 ];
 
 /// `PATH` or `PATH=FORMAT` (`--seal-file`, `[files] seal`): the path and the format, given
@@ -145,6 +154,9 @@ pub fn parse_spec(spec: &str) -> Result<(String, Format), String> {
 pub struct Context {
     /// Cargo's alternative registries: (name, index URL), from `~/.cargo/config.toml`.
     pub cargo_indexes: Vec<(String, String)>,
+    /// The hosts AWS stand-ins may be re-signed for (`aws::DEFAULT_HOSTS` and
+    /// `[secrets] aws_hosts`).
+    pub aws_hosts: Vec<String>,
 }
 
 /// How a token is written where the secret was.
@@ -193,6 +205,7 @@ fn find(format: Format, text: &str, ctx: &Context) -> Result<Vec<Found>, String>
         Format::Gh => gh::find(text),
         Format::Pypirc => pypirc::find(text),
         Format::Cargo => cargo::find(text, ctx),
+        Format::Aws => Err("AWS keys are sealed as SigV4 stand-ins, not tokens".into()),
     }
 }
 
@@ -251,6 +264,8 @@ pub fn rewrite(
 pub struct Sealed {
     pub contents: Vec<u8>,
     pub values: Vec<SealedValue>,
+    /// AWS keys the proxy re-signs for (`~/.aws/*`).
+    pub aws: Vec<crate::aws::AwsCredential>,
     /// How many secrets were replaced.
     pub secrets: usize,
 }
@@ -258,6 +273,15 @@ pub struct Sealed {
 /// Reads `path` and seals it with `key` (the same (value, hosts) gets the same token).
 pub fn seal_file(path: &Path, format: Format, ctx: &Context, key: &Key) -> Result<Sealed, String> {
     let content = Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?);
+    if format == Format::Aws {
+        let sealed = aws::seal(&content, key, &ctx.aws_hosts)?;
+        return Ok(Sealed {
+            contents: sealed.contents,
+            values: sealed.values,
+            aws: sealed.credentials,
+            secrets: sealed.secrets,
+        });
+    }
     let mut values = Vec::new();
     let mut tokens: Vec<(Zeroizing<String>, Vec<String>, String)> = Vec::new();
     let mut secrets = 0;
@@ -277,6 +301,7 @@ pub fn seal_file(path: &Path, format: Format, ctx: &Context, key: &Key) -> Resul
     Ok(Sealed {
         contents,
         values,
+        aws: Vec::new(),
         secrets,
     })
 }

@@ -43,6 +43,9 @@ fn file(format: Format, secrets: &[String], hosts: &[String]) -> String {
                     out.push_str(&format!("[registry]\ntoken = \"{s}\"\n"));
                 }
             }
+            Format::Aws => out.push_str(&format!(
+                "[p{i}]\naws_access_key_id = AKIA{s}\naws_secret_access_key = {s}\nregion = {h}\n"
+            )),
         }
     }
     if format == Format::Docker {
@@ -54,7 +57,13 @@ fn file(format: Format, secrets: &[String], hosts: &[String]) -> String {
 #[test]
 fn no_secret_survives_a_rewrite() {
     let strategy = (
-        proptest::sample::select(Format::ALL.to_vec()),
+        proptest::sample::select(
+            Format::ALL
+                .iter()
+                .copied()
+                .filter(|f| *f != Format::Aws)
+                .collect::<Vec<_>>(),
+        ),
         proptest::collection::vec((secret(), host()), 1..4),
     );
     crate::fuzz::check("credfiles rewrite", 64, strategy, |(format, items)| {
@@ -85,6 +94,26 @@ fn arbitrary_files_never_panic() {
     );
     crate::fuzz::check("credfiles any text", 256, strategy, |(format, text)| {
         let _ = run(format, &text);
+        Ok(())
+    });
+}
+
+/// `~/.aws` files: no key id, secret or its prefix survives the stand-ins.
+#[test]
+fn no_aws_key_survives_sealing() {
+    let strategy = proptest::collection::vec((secret(), host()), 1..4);
+    let key = crate::token::Key::from_bytes([5; 32]);
+    let hosts = vec!["*.amazonaws.com".to_string()];
+    crate::fuzz::check("credfiles aws", 64, strategy, |items| {
+        let (secrets, regions): (Vec<String>, Vec<String>) = items.into_iter().unzip();
+        let text = file(Format::Aws, &secrets, &regions);
+        let sealed = super::aws::seal(text.as_bytes(), &key, &hosts)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let out = String::from_utf8(sealed.contents).unwrap();
+        for s in &secrets {
+            prop_assert!(!out.contains(s.as_str()), "{s} in\n{out}");
+        }
+        prop_assert_eq!(sealed.credentials.len(), secrets.len());
         Ok(())
     });
 }

@@ -40,6 +40,8 @@ pub struct Launched {
     pub view: super::layout::Layout,
     /// The real values of the sealed credential files in the view, for the proxy.
     pub sealed_values: Vec<crate::proxy::SealedValue>,
+    /// The AWS keys of the sealed `~/.aws` files, for the proxy to re-sign with.
+    pub sealed_aws: Vec<crate::aws::AwsCredential>,
 }
 
 /// Starts `exe __holder` and waits (blocking) until the sandbox is ready or has failed.
@@ -96,6 +98,7 @@ pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
             notes,
             view: Default::default(),
             sealed_values: Vec::new(),
+            sealed_aws: Vec::new(),
         }),
         Err(e) => {
             let _ = holder.kill();
