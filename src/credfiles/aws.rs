@@ -69,21 +69,27 @@ fn find(text: &str) -> Result<Vec<(String, Profile)>, String> {
             });
             continue;
         }
-        // Indented lines belong to a nested setting (`s3 =` then `  addressing_style = …`).
-        if raw.starts_with([' ', '\t']) {
-            continue;
-        }
+        let line_no = super::line_of(text, start);
+        // Anything but `key = value` is a shape netcage does not know: refused, so that
+        // nothing it did not understand is shown.
         let Some((key, value)) = raw.split_once('=') else {
-            continue;
+            return Err(format!("line {line_no}: not a `key = value` setting"));
         };
         let key = key.trim().to_ascii_lowercase();
-        if ![ID, SECRET, SESSION].contains(&key.as_str()) {
+        let Some(at) = current else {
+            return Err(format!("line {line_no}: a setting outside a profile"));
+        };
+        let ours = [ID, SECRET, SESSION].contains(&key.as_str());
+        // Indented lines belong to a nested setting (`s3 =` then `  addressing_style = …`).
+        let nested = raw.starts_with([' ', '\t']);
+        if !ours || nested {
+            if super::credential_named(&key) {
+                return Err(format!(
+                    "line {line_no}: {key} looks like a credential netcage cannot seal"
+                ));
+            }
             continue;
         }
-        let line_no = super::line_of(text, start);
-        let Some(at) = current else {
-            return Err(format!("line {line_no}: {key} outside a profile"));
-        };
         let value_start = start + raw.len() - value.len();
         let trimmed = value.trim_start();
         let lead = value.len() - trimmed.len();
@@ -256,6 +262,10 @@ mod tests {
             "[a]\naws_secret_access_key = s\n",
             "[a]\naws_session_token = t\n",
             "aws_access_key_id = AKIA1\n",
+            "secret = x\n",
+            "[a]\nsecret = x\n",
+            "[a]\ns3 =\n  client_secret = x\n",
+            "[a]\njust words\n",
             "[a]\naws_access_key_id = A\naws_access_key_id = B\naws_secret_access_key = s\n",
         ] {
             assert!(seal(text.as_bytes(), &key, &hosts()).is_err(), "{text}");
