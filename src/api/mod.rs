@@ -100,6 +100,8 @@ pub struct Sandbox {
     next: AtomicU64,
     prefix: String,
     view: crate::sandbox::layout::Layout,
+    /// The namespace the eBPF program records connections of, while it does.
+    watched: Option<crate::sandbox::bpf::Watched>,
 }
 
 impl Sandbox {
@@ -212,6 +214,9 @@ impl Drop for Sandbox {
         self.proxy.shutdown();
         // Closing the stop pipe ends the NFLOG reader.
         lock(&self.nflog).take();
+        if let (Some(watched), Some(tracker)) = (self.watched, crate::sandbox::bpf::loaded()) {
+            tracker.unwatch(watched);
+        }
         // init kills everything on a shutdown with no grace; reap the holder on a thread of
         // its own (it exits right after init).
         if let Some(mut holder) = lock(&self.holder).take() {
@@ -428,6 +433,7 @@ impl SandboxBuilder {
             netcage,
             prefix: self.exec_prefix,
             write: self.write,
+            process_attribution: true,
         };
         let (started, launched) = tokio::task::spawn_blocking(move || {
             let launched = started.launch();
@@ -460,6 +466,10 @@ pub struct Started {
     /// Writable besides the working directory (`--write`; `[files] write` comes from the
     /// policy).
     pub write: Vec<PathBuf>,
+    /// Name the process of each connection with the eBPF program (root only; loading it costs
+    /// tens of milliseconds once per netcage process). Without it, or when it cannot be
+    /// loaded, connections are attributed through the sandbox's /proc.
+    pub process_attribution: bool,
 }
 
 impl Started {
@@ -503,8 +513,8 @@ impl Started {
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
-        proxy.set_attribution(Arc::new(move |peer, proto| {
-            Box::pin(attribution.exec_of(peer, proto))
+        proxy.set_attribution(Arc::new(move |peer, proto, pid| {
+            Box::pin(attribution.exec_of(peer, proto, pid))
         }));
         let mut tasks = Vec::new();
         let names = Arc::new(SyntheticNames::default());
@@ -513,6 +523,12 @@ impl Started {
             proxy.cfg.policy.limits.dns_queries_per_sec,
         ));
         let sockets = launched.sockets;
+        let watched = match (self.process_attribution, sockets.tcp.first()) {
+            (true, Some(listener)) => crate::sandbox::bpf::tracker()
+                .ok()
+                .and_then(|t| t.watch(std::os::fd::AsFd::as_fd(listener), 0).ok()),
+            _ => None,
+        };
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
             deepen_backlog(&l);
@@ -569,6 +585,7 @@ impl Started {
             next: AtomicU64::new(1),
             prefix: self.prefix,
             view: launched.view,
+            watched,
         })
     }
 }

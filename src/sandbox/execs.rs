@@ -221,7 +221,10 @@ impl Execs {
     }
 
     /// The exec a connection (TCP) or datagram (UDP) from `peer` inside the sandbox belongs
-    /// to: the only one running, or else the one whose session holds the socket. A command
+    /// to: the only one running, or else the one whose session holds the socket. When the
+    /// eBPF program saw the connect, `pid` is the connecting process (in the sandbox's
+    /// namespace): its lineage is read directly and the socket tables are not searched (the
+    /// search remains for a process gone before the lookup). A command
     /// can connect before its start has reached us: while an exec is being started and the
     /// socket's owner is not found, the lookup waits (up to [`PENDING_WAIT`]) for the reader.
     ///
@@ -232,6 +235,7 @@ impl Execs {
         &self,
         peer: SocketAddr,
         proto: Proto,
+        pid: Option<i32>,
     ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
         let answer = match quick_answer(&self.lock()) {
             Some(known) => Ok(known),
@@ -241,6 +245,7 @@ impl Execs {
                 queue.waiting.push(Lookup {
                     peer,
                     proto,
+                    pid,
                     deadline: Instant::now() + PENDING_WAIT,
                     reply,
                 });
@@ -281,6 +286,8 @@ fn fallback(state: &State) -> Option<String> {
 struct Lookup {
     peer: SocketAddr,
     proto: Proto,
+    /// The connecting process in the sandbox's namespace, from the eBPF program.
+    pid: Option<i32>,
     /// How long it may wait for an exec being started.
     deadline: Instant,
     reply: oneshot::Sender<Option<String>>,
@@ -351,8 +358,7 @@ fn lookup_loop(lookups: &Lookups, shared: &Shared, owners: &Owners) {
         if scan.is_empty() {
             continue;
         }
-        let wanted: Vec<(SocketAddr, Proto)> = scan.iter().map(|l| (l.peer, l.proto)).collect();
-        let lineages = owners.lineages_of(&wanted);
+        let lineages = lineages(owners, &scan);
         let state = lock();
         let pending = state.waiting.values().any(|w| w.started.is_some());
         let now = Instant::now();
@@ -369,6 +375,32 @@ fn lookup_loop(lookups: &Lookups, shared: &Shared, owners: &Owners) {
             }
         }
     }
+}
+
+/// The lineage of each lookup's process: read from its pid when the eBPF program named it
+/// (and the sandbox's /proc still shows it), else found by its socket (one scan for all).
+fn lineages(owners: &Owners, scan: &[Lookup]) -> Vec<Vec<i32>> {
+    let mut out: Vec<Vec<i32>> = scan
+        .iter()
+        .map(|l| {
+            l.pid
+                .map(|pid| owners.lineage_from(pid))
+                .filter(|lineage| lineage.len() > 1)
+                .unwrap_or_default()
+        })
+        .collect();
+    let searched: Vec<usize> = (0..scan.len()).filter(|&i| out[i].is_empty()).collect();
+    if searched.is_empty() {
+        return out;
+    }
+    let wanted: Vec<(SocketAddr, Proto)> = searched
+        .iter()
+        .map(|&i| (scan[i].peer, scan[i].proto))
+        .collect();
+    for (i, lineage) in searched.into_iter().zip(owners.lineages_of(&wanted)) {
+        out[i] = lineage;
+    }
+    out
 }
 
 /// The command line as `status` and the audit log show it (cut at 200 characters).

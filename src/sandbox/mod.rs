@@ -6,6 +6,7 @@
 //! the proxy through `fdpass`; its init then starts commands on request (`control` is the
 //! protocol, `execs` the proxy side's client, `owner` tells which exec opened a connection).
 
+pub mod bpf;
 mod build;
 mod caps;
 pub mod control;
