@@ -66,7 +66,10 @@ fn netcage_proxy_names_the_process_of_each_client() {
     assert_eq!(line["pid"], pid, "{line}");
     assert_eq!(line["comm"], "curl", "{line}");
     assert_eq!(line["uid"], 0, "{line}");
-    assert!(line.get("exec").is_none(), "netcage proxy has no execs: {line}");
+    assert!(
+        line.get("exec").is_none(),
+        "netcage proxy has no execs: {line}"
+    );
 }
 
 #[test]
@@ -95,7 +98,10 @@ fn run_attribute_names_short_lived_and_daemonized_clients() {
         assert_eq!(line["comm"], "curl", "{line}");
         assert_eq!(line["uid"], 0, "{line}");
         assert!(line["pid"].as_u64().is_some_and(|p| p > 1), "{line}");
-        assert!(line["exec"].as_str().is_some_and(|e| e.starts_with("run-")), "{line}");
+        assert!(
+            line["exec"].as_str().is_some_and(|e| e.starts_with("run-")),
+            "{line}"
+        );
     }
     let pids: Vec<&Value> = ["/short", "/daemon"]
         .iter()
@@ -105,7 +111,10 @@ fn run_attribute_names_short_lived_and_daemonized_clients() {
     assert_ne!(pids[0], pids[1], "two processes");
     // Without --attribute, `run` does not load the program: no process in the lines.
     let fx = Fx::new();
-    let out = fx.run(&[], &["curl", "-sS", "-o", "/dev/null", &fx.url(BOUND, "/plain")]);
+    let out = fx.run(
+        &[],
+        &["curl", "-sS", "-o", "/dev/null", &fx.url(BOUND, "/plain")],
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let lines = read_audit(&fx.audit);
     let line = lines.iter().find(|l| l["path"] == "/plain").expect("line");
@@ -137,13 +146,20 @@ fn nothing_stays_loaded_or_attached_after_sigkill() {
         match out {
             Ok(out) if out.status.success() => {
                 let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-                Some(v.as_array().is_some_and(|a| a.iter().any(|p| p["id"] == id)))
+                Some(
+                    v.as_array()
+                        .is_some_and(|a| a.iter().any(|p| p["id"] == id)),
+                )
             }
             _ => None,
         }
     };
     if let Some(seen) = attached(ours[0]) {
-        assert!(seen, "bpftool shows the program attached to {}", cgroup.display());
+        assert!(
+            seen,
+            "bpftool shows the program attached to {}",
+            cgroup.display()
+        );
     }
     let mut child = proxy.child;
     nix::sys::signal::kill(

@@ -1290,3 +1290,51 @@ fn a_command_in_another_sandbox_cannot_use_the_socket() {
         "ESCAPED: a command of another sandbox ran in serve's"
     );
 }
+
+/// As root the eBPF program names each connection's process, and each exec's cgroup names
+/// the exec: a curl double-forked with `setsid` (whose lineage and session lead nowhere) and
+/// a curl that is the exec itself and exits at once, while another exec runs.
+#[test]
+fn as_root_each_connection_names_its_process_and_exec() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the eBPF program loads only as root");
+        return;
+    }
+    let serve = Serve::start(Mode::Root, "5", &[]);
+    let (_other, _) = background_sleep(&serve);
+    let daemon = format!(
+        "(setsid sh -c '{} -o /dev/null; echo done > /tmp/daemon.out' &)\n\
+         i=0; while [ ! -s /tmp/daemon.out ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n\
+         test -s /tmp/daemon.out",
+        serve.curl(HOST, "/ebpf-daemon")
+    );
+    succeeded(&serve.sh(&daemon, &[]));
+    let short = serve.exec(
+        &[],
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            &serve.up.url(HOST, "/ebpf-short"),
+        ],
+    );
+    succeeded(&short);
+    for (path, started) in [("/ebpf-daemon", "setsid"), ("/ebpf-short", "/ebpf-short")] {
+        let start = serve.wait_audit("the exec's start", |l| {
+            field(l, "method") == "start" && field(l, "path").contains(started)
+        });
+        let line = serve.wait_audit("the request", |l| {
+            field(l, "kind") == "request" && field(l, "path") == path
+        });
+        assert_eq!(line["exec"], start["exec"], "{path}: {line}");
+        assert_eq!(line["comm"], "curl", "{line}");
+        assert_eq!(line["uid"], 0, "{line}");
+        assert!(line["pid"].as_u64().is_some_and(|p| p > 1), "{line}");
+    }
+    assert!(
+        !serve.log_text().contains("eBPF program is not loaded"),
+        "{}",
+        serve.log_text()
+    );
+}

@@ -513,8 +513,8 @@ impl Started {
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
         let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
-        proxy.set_attribution(Arc::new(move |peer, proto, pid| {
-            Box::pin(attribution.exec_of(peer, proto, pid))
+        proxy.set_attribution(Arc::new(move |peer, proto, process| {
+            Box::pin(attribution.exec_of(peer, proto, process.as_deref()))
         }));
         let mut tasks = Vec::new();
         let names = Arc::new(SyntheticNames::default());
@@ -529,6 +529,12 @@ impl Started {
                 .and_then(|t| t.watch(std::os::fd::AsFd::as_fd(listener), 0).ok()),
             _ => None,
         };
+        // Each exec in a cgroup of its own, which the program records at each connect.
+        if let Some(tracker) = watched.and(crate::sandbox::bpf::loaded())
+            && let Ok(cgroups) = crate::sandbox::cgroups::ExecCgroups::new(&tracker.cgroup)
+        {
+            execs.use_cgroups(cgroups);
+        }
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
             deepen_backlog(&l);

@@ -99,9 +99,12 @@ pub struct Proxy {
 
 /// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
 /// address the proxy saw and, when the eBPF program saw the connect, the connecting
-/// process's pid in the sandbox's namespace. The answer may take a look into the sandbox's
-/// /proc, so it comes as a future.
-pub type Attribution = Arc<dyn Fn(SocketAddr, Proto, Option<i32>) -> ExecLookup + Send + Sync>;
+/// process. The answer may take a look into the sandbox's /proc, so it comes as a future.
+pub type Attribution = Arc<
+    dyn Fn(SocketAddr, Proto, Option<Arc<crate::sandbox::bpf::Process>>) -> ExecLookup
+        + Send
+        + Sync,
+>;
 
 /// The exec an [`Attribution`] names, once known.
 pub type ExecLookup = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
@@ -181,10 +184,10 @@ impl Proxy {
         &self,
         peer: SocketAddr,
         proto: Proto,
-        sandbox_pid: Option<i32>,
+        process: Option<Arc<crate::sandbox::bpf::Process>>,
     ) -> ExecLookup {
         match self.attribution.get() {
-            Some(f) => f(peer, proto, sandbox_pid),
+            Some(f) => f(peer, proto, process),
             None => Box::pin(std::future::ready(None)),
         }
     }

@@ -128,8 +128,7 @@ pub async fn admit(
             _slot: None,
         });
     }
-    let sandbox_pid = process.as_ref().and_then(|p| p.sandbox_pid);
-    let exec = proxy.exec_of(client, Proto::Tcp, sandbox_pid).await;
+    let exec = proxy.exec_of(client, Proto::Tcp, process.clone()).await;
     drop(ticket);
     if let Some(slot) = proxy.connections.take(exec.as_deref()) {
         return Some(Admitted {

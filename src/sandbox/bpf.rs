@@ -104,6 +104,8 @@ pub struct Process {
     pub gid: u32,
     /// The thread's name (`comm`).
     pub comm: String,
+    /// Its cgroup v2 id at the connect (an exec's own, see `cgroups`).
+    pub cgroup: u64,
     /// `/proc/PID/exe`, when the process still lived at the lookup.
     pub exe: Option<String>,
     /// Its pid one namespace below netcage's (a sandbox's pid namespace), read from
@@ -241,6 +243,7 @@ fn describe(owner: &ConnOwner) -> Process {
         uid: owner.uid,
         gid: owner.gid,
         comm: String::from_utf8_lossy(&owner.comm[..end]).into_owned(),
+        cgroup: owner.cgroup,
         exe,
         sandbox_pid: sandbox_pid(owner.tgid),
     }

@@ -9,6 +9,7 @@
 pub mod bpf;
 mod build;
 mod caps;
+pub mod cgroups;
 pub mod control;
 pub mod credentials;
 pub mod detect;
