@@ -1338,3 +1338,27 @@ fn as_root_each_connection_names_its_process_and_exec() {
         serve.log_text()
     );
 }
+
+/// Rootless, the eBPF program cannot be loaded: serve says so once and attributes through
+/// the sandbox's /proc, and its audit lines name no process.
+#[test]
+fn rootless_falls_back_to_proc_and_says_so_once() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the rootless serve is started as uid {UID} from root");
+        return;
+    }
+    let serve = Serve::start(Mode::Rootless, "5", &[]);
+    let out = serve.sh(
+        &format!("{} -o /dev/null", serve.curl(HOST, "/rootless")),
+        &[],
+    );
+    succeeded(&out);
+    let line = serve.wait_audit("the request", |l| {
+        field(l, "kind") == "request" && field(l, "path") == "/rootless"
+    });
+    assert!(line.get("pid").is_none(), "{line}");
+    assert!(line["exec"].as_str().is_some(), "{line}");
+    let log = serve.log_text();
+    let said = "the eBPF program is not loaded (loading eBPF needs root";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+}
