@@ -166,6 +166,10 @@ fn load() -> Result<Tracker, String> {
         .map_err(|e| format!("the kernel refused the sockops program: {}", first_line(&e)))?;
     let dir = std::fs::File::open(&cgroup)
         .map_err(|e| format!("cannot open the cgroup2 root {}: {e}", cgroup.display()))?;
+    // A BPF link (Linux 5.7+): it lives as long as this process's descriptor, so nothing
+    // stays attached after netcage exits, SIGKILL included. Links to a cgroup are always
+    // "multi" (other programs, another netcage's included, run too); the kernel refuses any
+    // attach flag on them, so Single (no flag) is the only mode that works here.
     program
         .attach(dir, CgroupAttachMode::Single)
         .map_err(|e| format!("cannot attach to {}: {}", cgroup.display(), first_line(&e)))?;
