@@ -19,7 +19,8 @@ use crate::learn::Learner;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TokenUse {
     pub fingerprint: String,
-    /// `substitute`, `block`, `strip`, or `invalid`.
+    /// `substitute`, `block`, `strip`, `invalid`, or `sigv4` (a request signed with a sealed
+    /// AWS key's stand-in, re-signed with the real key).
     pub action: &'static str,
     /// Where it was found: `header:NAME`, `target`, `body`.
     #[serde(rename = "where")]

@@ -113,7 +113,42 @@ impl Ca {
                 (cert_pem, key)
             }
         };
-        let cert_der = pem_cert(&cert_pem).ok_or_else(|| CaError::BadCert {
+        if !bundle_path.exists() {
+            write_bundle(&bundle_path, &cert_pem)?;
+            let _ = std::fs::remove_file(&truststore_path);
+        }
+        Ca::assemble(&cert_pem, key, cert_path, bundle_path, truststore_path)
+    }
+
+    /// A new CA that lives only in this process's memory (a Kubernetes sidecar's, one per
+    /// pod): its key is never written; `dir` (made if missing, the volume the app mounts) gets
+    /// only the public files: the certificate, the bundle and the Java truststore, replacing
+    /// those of an earlier CA.
+    pub fn ephemeral(dir: &Path) -> Result<Ca, CaError> {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        }
+        let (cert_pem, key) = make_ca()?;
+        let cert_path = dir.join(CA_CERT);
+        let bundle_path = dir.join(CA_BUNDLE);
+        let truststore_path = dir.join(CA_TRUSTSTORE);
+        let tmp = dir.join(format!("{CA_CERT}.tmp"));
+        write_file(&tmp, cert_pem.as_bytes(), 0o644)?;
+        std::fs::rename(&tmp, &cert_path).map_err(io("write", &cert_path))?;
+        write_bundle(&bundle_path, &cert_pem)?;
+        let _ = std::fs::remove_file(&truststore_path);
+        Ca::assemble(&cert_pem, key, cert_path, bundle_path, truststore_path)
+    }
+
+    /// The CA from its certificate and key, with the truststore made if missing.
+    fn assemble(
+        cert_pem: &str,
+        key: KeyPair,
+        cert_path: PathBuf,
+        bundle_path: PathBuf,
+        truststore_path: PathBuf,
+    ) -> Result<Ca, CaError> {
+        let cert_der = pem_cert(cert_pem).ok_or_else(|| CaError::BadCert {
             path: cert_path.clone(),
             why: "no CERTIFICATE block".into(),
         })?;
@@ -121,10 +156,6 @@ impl Ca {
             path: cert_path.clone(),
             why: e.to_string(),
         })?;
-        if !bundle_path.exists() {
-            write_bundle(&bundle_path, &cert_pem)?;
-            let _ = std::fs::remove_file(&truststore_path);
-        }
         // A data dir netcage cannot write (a Starpod installation of another user's) still
         // serves everything but Java.
         let truststore = if truststore_path.exists() {

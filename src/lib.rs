@@ -9,6 +9,9 @@
 //!   real values there (the leak guard), and redacting real values from responses (pure).
 //! - [`policy`]: `netcage.toml` and egress decisions (pure).
 //! - [`seal`]: `--seal NAME[=HOSTS]` and the default hosts of well-known variables.
+//! - [`aws`]: `--seal-aws`: real AWS keys, their stand-ins for the command, profile reading.
+//! - [`credfiles`]: credential files (`~/.git-credentials`, `~/.npmrc`, …) rewritten with
+//!   tokens in place of their secrets, one small rewriter per format (pure).
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
 //!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.
@@ -27,7 +30,9 @@
 #[deny(missing_docs)]
 mod api;
 pub mod audit;
+pub mod aws;
 pub mod ca;
+pub mod credfiles;
 pub mod datadir;
 mod der;
 pub mod env;

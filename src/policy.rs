@@ -44,6 +44,22 @@ pub struct Secrets {
     pub on_host_mismatch: OnHostMismatch,
     #[serde(default)]
     pub plaintext_http: bool,
+    /// `aws = true` (the environment's keys, else the `AWS_PROFILE`/`default` profile) or
+    /// `aws = "PROFILE"`: seal an AWS key for SigV4 re-signing, like `--seal-aws`.
+    #[serde(default)]
+    pub aws: Option<AwsSeal>,
+    /// Hosts the sealed AWS key may also sign for (S3-compatible endpoints, VPC endpoints),
+    /// besides `*.amazonaws.com` and `amazonaws.com`; like `--seal-aws-host`.
+    #[serde(default)]
+    pub aws_hosts: Vec<String>,
+}
+
+/// `[secrets] aws`: `true`/`false`, or a profile name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AwsSeal {
+    On(bool),
+    Profile(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +196,10 @@ pub struct FilesConfig {
     /// Built-in entries to show after all (as written in the list, e.g. `~/.npmrc`).
     #[serde(default)]
     pub show: Vec<String>,
+    /// Credential files to show sealed (tokens in place of their secrets) besides the
+    /// built-in ones: `PATH` or `PATH=FORMAT` (`credfiles`).
+    #[serde(default)]
+    pub seal: Vec<String>,
 }
 
 /// The whole policy. `Policy::default()` is what runs without a file.
@@ -339,6 +359,11 @@ impl Policy {
     /// Every bad pattern or `host:port` entry, so a user can fix them all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for pattern in &self.secrets.aws_hosts {
+            if let Err(e) = hosts::validate_pattern(pattern) {
+                out.push(format!("secrets.aws_hosts: {e}"));
+            }
+        }
         for pattern in self.egress.allow.iter().chain(&self.egress.deny) {
             if let Err(e) = hosts::validate_pattern(pattern) {
                 out.push(e);
@@ -353,9 +378,15 @@ impl Policy {
         }
         out.extend(self.limits.problems());
         let files = &self.files;
+        for entry in &files.seal {
+            if let Err(e) = crate::credfiles::parse_spec(entry) {
+                out.push(format!("bad files.seal entry: {e}"));
+            }
+        }
         for (key, entry) in (files.write.iter().map(|e| ("write", e)))
             .chain(files.hide.iter().map(|e| ("hide", e)))
             .chain(files.show.iter().map(|e| ("show", e)))
+            .chain(files.seal.iter().map(|e| ("seal", e)))
         {
             if entry.trim().is_empty() || (entry.starts_with('~') && !entry.starts_with("~/")) {
                 out.push(format!(
@@ -466,6 +497,23 @@ mod tests {
 
     fn policy(text: &str) -> Policy {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn secrets_aws_is_a_switch_or_a_profile() {
+        let on: Policy =
+            toml::from_str("[secrets]\naws = true\naws_hosts = [\"minio.example\"]").unwrap();
+        assert_eq!(on.secrets.aws, Some(AwsSeal::On(true)));
+        assert_eq!(on.secrets.aws_hosts, ["minio.example"]);
+        let named: Policy = toml::from_str("[secrets]\naws = \"work\"").unwrap();
+        assert_eq!(named.secrets.aws, Some(AwsSeal::Profile("work".into())));
+        assert!(toml::from_str::<Policy>("[secrets]\naws = 3").is_err());
+        let bad: Policy = toml::from_str("[secrets]\naws_hosts = [\"bad host\"]").unwrap();
+        assert!(
+            bad.problems()
+                .iter()
+                .any(|p| p.starts_with("secrets.aws_hosts"))
+        );
     }
 
     #[test]

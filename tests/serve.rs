@@ -1362,3 +1362,102 @@ fn rootless_falls_back_to_proc_and_says_so_once() {
     let said = "the eBPF program is not loaded (loading eBPF needs root";
     assert_eq!(log.matches(said).count(), 1, "{log}");
 }
+
+/// Holds `argv[2]` uploads to `argv[1]` (host:port) open, each announcing 1 MiB and sending all
+/// but its last byte; after a few seconds prints how many got which answer, then holds on.
+const HOLD_UPLOADS: &str = r#"
+import json, socket, ssl, sys, threading, time
+host, port = sys.argv[1].split(":")
+n = int(sys.argv[2])
+ctx = ssl.create_default_context()
+held, answers, lock = [], {}, threading.Lock()
+def upload():
+    s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname=host)
+    held.append(s)
+    body = 1024 * 1024
+    s.sendall(b"POST /held HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (host.encode(), body))
+    s.sendall(b"h" * (body - 1))
+    s.settimeout(4)
+    try:
+        got = s.recv(4096).split(b"\r\n")[0].decode()
+    except OSError:
+        got = "holding"
+    with lock:
+        answers[got] = answers.get(got, 0) + 1
+threads = [threading.Thread(target=upload) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(answers), flush=True)
+time.sleep(30)
+"#;
+
+/// No one exec of a serve takes the whole body budget: while one holds as many unfinished
+/// uploads as it may (half the budget; the rest of its uploads are refused with 503), another
+/// exec's upload still finds room and arrives whole.
+#[test]
+fn one_exec_cannot_take_the_whole_body_budget() {
+    for_each_mode(|mode| {
+        let name = mode.name();
+        let policy_text =
+            "[limits]\nbody_memory_mib = 4\nbody_wait_secs = 1\nbody_stall_secs = 60\n";
+        let ca = TestCa::new();
+        let env = TestEnv::new();
+        let ca_path = ca.write_pem(env.root());
+        std::fs::set_permissions(&ca_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let policy = env.path("policy.toml");
+        std::fs::write(&policy, policy_text).unwrap();
+        let up = Upstream::start(&ca, &[HOST, OTHER]);
+        let serve = Serve::start_with(
+            mode,
+            env,
+            &ca_path,
+            up,
+            "1",
+            &["--policy", policy.to_str().unwrap()],
+        );
+        // The hostile exec: four 1 MiB uploads held unfinished; two fit in its 2 MiB.
+        let target = format!("{HOST}:{}", serve.up.port());
+        let mut hold = serve.exec_cmd(&[], &["python3", "-c", HOLD_UPLOADS, &target, "4"]);
+        hold.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut holder = KillOnDrop::spawn(&mut hold);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let answers: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("[{name}] {e}: {line:?}\n{}", serve.log_text()));
+        assert_eq!(
+            answers,
+            serde_json::json!({"holding": 2, "HTTP/1.1 503 Service Unavailable": 2}),
+            "[{name}]"
+        );
+        // Another exec's 1 MiB upload, while the first still holds its half.
+        let out = serve.sh(
+            &format!(
+                "head -c 1048576 /dev/zero > /tmp/body && curl -sS --fail --max-time 20 -o /dev/null -w '%{{http_code}}' --data-binary @/tmp/body {}",
+                serve.up.url(HOST, "/other-exec")
+            ),
+            &[],
+        );
+        assert_eq!(stdout_str(succeeded(&out)), "200", "[{name}]");
+        let got: Vec<Recorded> = serve
+            .up
+            .requests()
+            .into_iter()
+            .filter(|r| r.path() == "/other-exec")
+            .collect();
+        assert_eq!(got.len(), 1, "[{name}]");
+        assert_eq!(got[0].body_len, 1024 * 1024, "[{name}]");
+        assert!(
+            serve
+                .up
+                .requests()
+                .iter()
+                .all(|r| r.path() != "/held" || !r.complete),
+            "[{name}] a held upload arrived whole"
+        );
+        drop(holder);
+    });
+}

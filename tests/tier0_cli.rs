@@ -57,4 +57,17 @@ fn input_errors_exit_2_with_one_line_before_running_anything() {
     std::fs::write(&policy, "[egress\nallow = [\n").unwrap();
     let out = fx.run(&["--policy", policy.to_str().unwrap()], &child);
     input_error(&out, "bad.toml");
+
+    // --seal-file: a file that is not there, a name that says no format, a bad [files] seal.
+    let missing = fx.env.path("no-such.netrc");
+    let out = fx.run(&["--seal-file", missing.to_str().unwrap()], &child);
+    input_error(&out, "--seal-file");
+    input_error(&out, "no-such.netrc: not a file");
+    let unnamed = fx.env.path("creds");
+    std::fs::write(&unnamed, "machine a.test password p\n").unwrap();
+    let out = fx.run(&["--seal-file", unnamed.to_str().unwrap()], &child);
+    input_error(&out, "=FORMAT");
+    std::fs::write(&policy, "[files]\nseal = [\"/x/creds\"]\n").unwrap();
+    let out = fx.run(&["--policy", policy.to_str().unwrap()], &child);
+    input_error(&out, "files.seal");
 }

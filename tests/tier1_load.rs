@@ -614,7 +614,8 @@ fn rss_mib(pid: u32) -> Option<f64> {
 fn a_body_flood_stays_within_the_memory_budget_and_others_are_served() {
     for_each_mode(|mode| {
         let fx = Fx::new(mode);
-        // The default budget (64 MiB: eight 8 MiB bodies) and stream limit (100), a short
+        // The default budget (64 MiB: eight 8 MiB bodies, four of them one command's) and stream
+        // limit (100), a short
         // wait for room, and a long stall limit so the eight that got room hold it.
         let (budget_mib, max_streams, wait) = (64u64, 100u64, 4.0);
         let policy = fx.write(
@@ -719,14 +720,14 @@ fn a_body_flood_stays_within_the_memory_budget_and_others_are_served() {
         assert_eq!(field(normal, "status"), "200", "{normal}");
         assert!(normal["secs"].as_f64().unwrap() < 5.0, "{normal}");
 
-        // Every body beyond the budget's eight was refused with the limit; HTTP/2 refused the
-        // streams beyond its limit.
+        // Every body beyond the four of the exec's half of the budget was refused with the
+        // limit; HTTP/2 refused the streams beyond its limit.
         let statuses = &end["statuses"];
         let h1_refused = statuses["HTTP/1.1 503 Service Unavailable limit"]
             .as_u64()
             .unwrap_or(0);
         let h2_refused = end["h2"]["memory"].as_u64().unwrap();
-        let room = budget_mib / 8;
+        let room = budget_mib / 2 / 8;
         assert_eq!(
             h1_refused + h2_refused,
             n_h1 + max_streams - room,

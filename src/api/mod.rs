@@ -84,6 +84,7 @@ pub struct SandboxBuilder {
     netcage: Option<PathBuf>,
     exec_prefix: String,
     write: Vec<PathBuf>,
+    seal_files: Vec<String>,
 }
 
 /// A running sandbox: start commands in it with [`Sandbox::command`], end it with
@@ -125,6 +126,7 @@ impl Sandbox {
             netcage: None,
             exec_prefix: random_tag(),
             write: Vec::new(),
+            seal_files: Vec::new(),
         }
     }
 
@@ -147,6 +149,11 @@ impl Sandbox {
     /// Credential locations the commands do not see (hidden behind empty ones).
     pub fn hidden(&self) -> &[PathBuf] {
         &self.view.hidden
+    }
+
+    /// Credential files the commands see sealed (tokens in place of their secrets).
+    pub fn sealed_files(&self) -> &[PathBuf] {
+        &self.view.sealed
     }
 
     /// Directories the commands may change for real (the working directory, `write`).
@@ -315,6 +322,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// Shows this credential file sealed: every secret in it replaced by a token bound to the
+    /// host the file gives it (`PATH` or `PATH=FORMAT`, see [`crate::credfiles`]), like
+    /// `--seal-file`. The built-in credential files are sealed without asking.
+    pub fn seal_file(mut self, spec: &str) -> Self {
+        self.seal_files.push(spec.to_owned());
+        self
+    }
+
     /// Covers this file with an empty one inside the sandbox (an audit log, a secret file).
     pub fn hide(mut self, path: impl Into<PathBuf>) -> Self {
         self.hide.push(path.into());
@@ -415,6 +430,7 @@ impl SandboxBuilder {
             audit: self.audit.unwrap_or_else(|| Arc::new(AuditLog::disabled())),
             ca: Arc::new(ca),
             sealed: values,
+            aws: Vec::new(),
         };
         let base = self.env.unwrap_or_else(|| std::env::vars_os().collect());
         let mut hide = self.hide;
@@ -434,6 +450,7 @@ impl SandboxBuilder {
             prefix: self.exec_prefix,
             write: self.write,
             process_attribution: true,
+            seal_files: self.seal_files,
         };
         let (started, launched) = tokio::task::spawn_blocking(move || {
             let launched = started.launch();
@@ -470,6 +487,9 @@ pub struct Started {
     /// tens of milliseconds once per netcage process). Without it, or when it cannot be
     /// loaded, connections are attributed through the sandbox's /proc.
     pub process_attribution: bool,
+    /// Credential files to show sealed besides the built-in ones (`--seal-file PATH[=FORMAT]`;
+    /// `[files] seal` comes from the policy).
+    pub seal_files: Vec<String>,
 }
 
 impl Started {
@@ -483,7 +503,7 @@ impl Started {
                 self.data_dir.display()
             ))
         })?;
-        let view = view::filesystem_view(self, &data_dir)?;
+        let (view, sealed_values) = view::filesystem_view(self, &data_dir)?;
         let spec = HolderSpec {
             rootless: !root,
             layout: view.ops.clone(),
@@ -492,6 +512,7 @@ impl Started {
         };
         let mut launched = launch::launch(&spec, &self.netcage).map_err(Error)?;
         launched.view = view;
+        launched.sealed_values = sealed_values;
         let notes = std::mem::take(&mut launched.notes);
         launched.view.notes.extend(notes);
         Ok(launched)
@@ -511,7 +532,10 @@ impl Started {
         );
         let execs = Execs::new(launched.control, launched.proc_dir)
             .map_err(|e| Error(format!("cannot start the control thread: {e}")))?;
-        let proxy = Proxy::new(self.cfg).map_err(|e| Error(e.to_string()))?;
+        let mut cfg = self.cfg;
+        // The real values of the sealed credential files: guarded like `seal`'s.
+        cfg.sealed.extend(launched.sealed_values);
+        let proxy = Proxy::new(cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
         proxy.set_attribution(Arc::new(move |peer, proto, process| {
             Box::pin(attribution.exec_of(peer, proto, process.as_deref()))

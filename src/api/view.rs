@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use super::{Error, Started};
 use crate::ca::{CA_BUNDLE, CA_CERT, CA_TRUSTSTORE};
+use crate::credfiles::{self, Context, Format};
 use crate::keytrust;
-use crate::sandbox::layout::{self, Input, Layout, absolute, expand};
+use crate::proxy::SealedValue;
+use crate::sandbox::layout::{self, Input, Layout, absolute, expand, tilde};
 use crate::sandbox::{gitdirs, host_sockets};
 
 /// Made (empty) when `$HOME` is writable and they are missing: they are then hidden or kept
@@ -25,8 +27,12 @@ fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// The view for `started`, whose data dir is `data_dir` (canonical).
-pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Error> {
+/// The view for `started`, whose data dir is `data_dir` (canonical), and the real values of
+/// the sealed credential files in it (for the proxy's leak guard).
+pub fn filesystem_view(
+    started: &Started,
+    data_dir: &Path,
+) -> Result<(Layout, Vec<SealedValue>), Error> {
     let cwd = std::env::current_dir()
         .map_err(|e| Error(format!("cannot tell the working directory: {e}")))?;
     let cwd = canonical(&cwd);
@@ -82,11 +88,13 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
             );
         }
     }
-    let show = files.show.iter().filter_map(|e| resolve(e)).collect();
+    let show: Vec<PathBuf> = files.show.iter().filter_map(|e| resolve(e)).collect();
+    let mut notes = Vec::new();
+    let (sealed, values) =
+        seal_files(started, home.as_deref(), &cwd, &show, &mut hide, &mut notes)?;
     let store = keytrust::Store::default_location();
     // It must exist to be hidden (the first run of all makes it).
     store.ensure().map_err(Error)?;
-    let mut notes = Vec::new();
     let host_sockets = host_sockets::bound_paths().unwrap_or_else(|e| {
         notes.push(format!("the host's Unix sockets could not be listed ({e}); sockets outside /run, /tmp, /var/tmp and $HOME stay reachable"));
         Vec::new()
@@ -145,10 +153,89 @@ pub fn filesystem_view(started: &Started, data_dir: &Path) -> Result<Layout, Err
         show,
         host_sockets,
         git: protect,
+        sealed,
     };
     let mut view = layout::layout(&input);
     view.notes.extend(notes);
     // Before anything can write there: a key file that appears there later is refused.
     store.grant_writable(&view.writable).map_err(Error)?;
-    Ok(view)
+    Ok((view, values))
+}
+
+/// Sealed credential files: (canonical path, contents holding only tokens).
+type SealedFiles = Vec<(PathBuf, Vec<u8>)>;
+
+/// Seals the credential files: those asked for (`seal_file`, `[files] seal`), then the
+/// built-in ones of [`credfiles::DEFAULTS`] that exist; a file `[files] show` shows is left
+/// alone. Returns the sealed contents by canonical path and the real values. A file that does
+/// not parse stays hidden (one note: its name and why); one asked for is added to `hide`.
+fn seal_files(
+    started: &Started,
+    home: Option<&Path>,
+    cwd: &Path,
+    show: &[PathBuf],
+    hide: &mut Vec<PathBuf>,
+    notes: &mut Vec<String>,
+) -> Result<(SealedFiles, Vec<SealedValue>), Error> {
+    let resolve = |entry: &str| expand(entry, home).map(|p| absolute(&p, cwd));
+    let mut wanted: Vec<(PathBuf, Format, bool)> = Vec::new();
+    for spec in started
+        .seal_files
+        .iter()
+        .chain(&started.cfg.policy.files.seal)
+    {
+        let (path, format) =
+            credfiles::parse_spec(spec).map_err(|e| Error(format!("seal-file {e}")))?;
+        let path =
+            resolve(&path).ok_or_else(|| Error(format!("seal-file {spec}: ~/ needs a $HOME")))?;
+        if !path.is_file() {
+            return Err(Error(format!(
+                "seal-file {}: not a file; make it first, or leave it out",
+                path.display()
+            )));
+        }
+        wanted.push((path, format, true));
+    }
+    for (entry, format) in credfiles::DEFAULTS {
+        if let Some(path) = resolve(entry)
+            && path.is_file()
+        {
+            wanted.push((path, *format, false));
+        }
+    }
+    let ctx = Context {
+        cargo_indexes: ["~/.cargo/config.toml", "~/.cargo/config"]
+            .iter()
+            .filter_map(|e| std::fs::read_to_string(resolve(e)?).ok())
+            .flat_map(|text| credfiles::registry_indexes(&text))
+            .collect(),
+    };
+    let mut sealed: SealedFiles = Vec::new();
+    let mut values = Vec::new();
+    for (path, format, asked) in wanted {
+        if show.iter().any(|s| path.starts_with(s)) {
+            continue;
+        }
+        let real = canonical(&path);
+        if sealed.iter().any(|(p, _)| *p == real) {
+            continue;
+        }
+        match credfiles::seal_file(&real, format, &ctx, &started.cfg.key) {
+            Ok(s) => {
+                sealed.push((real, s.contents));
+                values.extend(s.values);
+            }
+            Err(why) => {
+                notes.push(format!(
+                    "{} stays hidden, not sealed ({} format): {why}",
+                    tilde(&path, home),
+                    format.name()
+                ));
+                if asked {
+                    hide.push(real);
+                }
+            }
+        }
+    }
+    Ok((sealed, values))
 }

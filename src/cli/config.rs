@@ -64,11 +64,26 @@ pub struct Resolved {
     pub learn: Option<Learning>,
     /// `--write`: writable in the sandbox besides the working directory.
     pub write: Vec<PathBuf>,
+    /// `--seal-file`: credential files shown sealed besides the built-in ones.
+    pub seal_files: Vec<String>,
     /// Secret files besides the key file and audit log (a vault outside the data dir).
     pub hide: Vec<PathBuf>,
 }
 
 pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved> {
+    resolve_for(key_args, args, None)
+}
+
+/// `sidecar_ca_dir`: a Kubernetes sidecar's (`netcage proxy --transparent`): the CA is made in
+/// memory with its public files in that directory, the audit log goes to stderr unless given,
+/// and there is no key-file trust record (no netcage sandbox shares the sidecar's files; its
+/// root file system may be read-only).
+pub fn resolve_for(
+    key_args: &KeyArgs,
+    args: &PolicyArgs,
+    sidecar_ca_dir: Option<&Path>,
+) -> anyhow::Result<Resolved> {
+    let sidecar = sidecar_ca_dir.is_some();
     let mut problems = Vec::new();
     let mut policy = match &args.policy {
         Some(path) => Policy::load(path).unwrap_or_else(|e| {
@@ -128,6 +143,10 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             )),
         }
     }
+    let aws = aws_keys(args, &policy).unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
     // Writable paths must exist: a typo must not quietly become a smaller sandbox (or, with
     // --tier auto, a fallback to Tier 0).
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -147,6 +166,29 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             ));
         }
     }
+    // Credential files to seal must exist and name (or be named as) a known format.
+    let seal_files = args
+        .seal_file
+        .iter()
+        .map(|s| ("--seal-file", s))
+        .chain(policy.files.seal.iter().map(|s| ("files.seal", s)));
+    for (from, spec) in seal_files {
+        match netcage::credfiles::parse_spec(spec) {
+            Ok((path, _)) => {
+                let Some(path) = netcage::sandbox::layout::expand(&path, home.as_deref()) else {
+                    continue;
+                };
+                let path = netcage::sandbox::layout::absolute(&path, &cwd);
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{from} {}: not a file; make it first, or leave it out",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{from} {e}")),
+        }
+    }
     let vault_path = super::vault::chosen(key_args, args).unwrap_or_else(|e| {
         problems.push(e);
         None
@@ -163,10 +205,22 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
     }
     let store = netcage::keytrust::Store::default_location();
     let data_dir = key_args.data_dir();
-    store
-        .vouch_path(&data_dir, "data dir")
-        .map_err(input_error)?;
-    let key = load_or_ephemeral_key(key_args)?;
+    let key = match (&key_args.key_file, sidecar) {
+        (_, false) => {
+            store
+                .vouch_path(&data_dir, "data dir")
+                .map_err(input_error)?;
+            load_or_ephemeral_key(key_args)?
+        }
+        (Some(path), true) => {
+            let loaded = Key::load(path)?;
+            if let Some(warning) = loaded.warning {
+                eprintln!("netcage: note: {warning}");
+            }
+            loaded.key
+        }
+        (None, true) => Key::generate(),
+    };
     let mut sealed = Vec::new();
     let mut sealed_env: Vec<SealedVar> = specs
         .iter()
@@ -184,36 +238,68 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
         .collect();
     let mut hide = Vec::new();
     if let Some(path) = &vault_path {
-        store.vouch_path(path, "vault").map_err(input_error)?;
+        if !sidecar {
+            store.vouch_path(path, "vault").map_err(input_error)?;
+        }
         let taken: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let from = super::vault::load(path, key_args, &key, args, &taken)?;
         sealed_env.extend(from.vars);
         sealed.extend(from.guard);
         hide = from.hide;
     }
+    let mut aws_credentials = Vec::new();
+    if let Some((keys, hosts)) = aws {
+        let secret = keys.secret_access_key.clone();
+        let session = keys.session_token.clone();
+        let aws = netcage::aws::seal(&key, keys, &hosts);
+        // The leak guard's copies: the real key (which the command never gets) and the
+        // session token may not go to other hosts.
+        let secret_token = &aws.vars[1].token;
+        sealed.push(SealedValue::new(&secret, &hosts, secret_token));
+        if let (Some(value), Some(token)) = (session, &aws.session_token) {
+            sealed.push(SealedValue::new(&value, &hosts, token));
+        }
+        eprintln!(
+            "netcage: AWS key sealed for SigV4: the command gets the stand-in key id {} ({}), re-signed for {}",
+            aws.credential.standin_id,
+            aws.credential.fingerprint,
+            hosts.join(", ")
+        );
+        sealed_env.extend(aws.vars);
+        aws_credentials.push(aws.credential);
+    }
     let audit_path = args
         .audit
         .clone()
         .or_else(|| policy.audit.path.clone())
+        .or_else(|| sidecar.then(|| "-".to_owned()))
         .unwrap_or_else(|| {
             data_dir
                 .join("netcage-audit.jsonl")
                 .to_string_lossy()
                 .into_owned()
         });
-    if audit_path != "-" {
+    if audit_path != "-" && !sidecar {
         store
             .vouch_path(Path::new(&audit_path), "audit log")
             .map_err(input_error)?;
     }
     // Before the audit log, which would make a missing data dir with the umask's mode (the CA
     // makes it 0700).
-    let ca = Ca::load_or_create(&data_dir).with_context(|| {
-        format!(
-            "the data dir {} (give another with --data-dir DIR)",
-            data_dir.display()
-        )
-    })?;
+    let ca = match sidecar_ca_dir {
+        Some(dir) => Ca::ephemeral(dir).with_context(|| {
+            format!(
+                "the CA directory {} (give a writable one with --ca-dir DIR)",
+                dir.display()
+            )
+        })?,
+        None => Ca::load_or_create(&data_dir).with_context(|| {
+            format!(
+                "the data dir {} (give another with --data-dir DIR)",
+                data_dir.display()
+            )
+        })?,
+    };
     if let Some(why) = ca.truststore_problem() {
         eprintln!(
             "netcage: warning: {why}; Java programs will not trust netcage's CA (make the data dir writable, or give another with --data-dir DIR)"
@@ -238,12 +324,51 @@ pub fn resolve(key_args: &KeyArgs, args: &PolicyArgs) -> anyhow::Result<Resolved
             audit: Arc::new(audit),
             ca: Arc::new(ca),
             sealed,
+            aws: aws_credentials,
         },
         sealed_env,
         learn,
         write: args.write.clone(),
+        seal_files: args.seal_file.clone(),
         hide,
     })
+}
+
+/// `--seal-aws[=PROFILE]` / `[secrets] aws`: the real keys and the hosts they may sign for
+/// (`*.amazonaws.com`, `amazonaws.com`, then `--seal-aws-host` and `secrets.aws_hosts`), or
+/// `None` when no AWS key is sealed. The flag wins over the policy.
+fn aws_keys(
+    args: &PolicyArgs,
+    policy: &Policy,
+) -> Result<Option<(netcage::aws::AwsKeys, Vec<String>)>, String> {
+    use netcage::aws::Source;
+    use netcage::policy::AwsSeal;
+    let source = match (&args.seal_aws, &policy.secrets.aws) {
+        (Some(Some(profile)), _) => Some(Source::Profile(profile.clone())),
+        (Some(None), _) | (None, Some(AwsSeal::On(true))) => Some(Source::Default),
+        (None, Some(AwsSeal::Profile(profile))) => Some(Source::Profile(profile.clone())),
+        (None, Some(AwsSeal::On(false)) | None) => None,
+    };
+    for host in &args.seal_aws_host {
+        netcage::hosts::validate_pattern(host).map_err(|e| format!("--seal-aws-host {e}"))?;
+    }
+    let Some(source) = source else {
+        if !args.seal_aws_host.is_empty() {
+            return Err("--seal-aws-host: no AWS key is sealed; add --seal-aws (or [secrets] aws = true in the policy)".into());
+        }
+        return Ok(None);
+    };
+    let keys = netcage::aws::load(&source, &|name| std::env::var(name).ok())?;
+    let mut hosts: Vec<String> = netcage::aws::DEFAULT_HOSTS
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    for host in args.seal_aws_host.iter().chain(&policy.secrets.aws_hosts) {
+        if !hosts.contains(host) {
+            hosts.push(host.clone());
+        }
+    }
+    Ok(Some((keys, hosts)))
 }
 
 /// What a Tier 1 sandbox needs from a resolved configuration: the data dir, key file and
@@ -283,6 +408,7 @@ pub fn sandbox_config(
         prefix: prefix.into(),
         write: resolved.write,
         process_attribution: false,
+        seal_files: resolved.seal_files,
     }
 }
 
@@ -310,8 +436,28 @@ pub fn report_view(view: &netcage::sandbox::layout::Layout) {
             names.join(", ")
         );
     }
+    if !view.sealed.is_empty() {
+        let names: Vec<String> = view
+            .sealed
+            .iter()
+            .map(|p| netcage::sandbox::layout::tilde(p, home.as_deref()))
+            .collect();
+        eprintln!(
+            "netcage: sealed for the command: {} (tokens in place of the secrets, each bound to its host; [files] show opts one out)",
+            names.join(", ")
+        );
+    }
     for note in &view.notes {
         eprintln!("netcage: note: {note}");
+    }
+}
+
+/// In Tier 0 nothing is hidden: the command reads the real credential files.
+pub fn tier0_files_note(resolved: &Resolved) {
+    if !resolved.seal_files.is_empty() || !resolved.proxy.policy.files.seal.is_empty() {
+        eprintln!(
+            "netcage: note: --seal-file and [files] seal work in Tier 1 only; in Tier 0 the command reads the real files"
+        );
     }
 }
 

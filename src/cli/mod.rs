@@ -5,6 +5,8 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod exec;
+pub mod k8s;
+pub mod k8s_check;
 pub mod key;
 pub mod learn;
 pub mod proxy;
@@ -62,6 +64,16 @@ pub enum Command {
     /// Key files: trust one netcage refused as possibly planted by a sandboxed command
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Kubernetes init container: load the pod's nft rules (needs only NET_ADMIN)
+    #[command(name = "k8s-init")]
+    K8sInit(K8sInitArgs),
+    /// Kubernetes: lint manifests for what the pod's egress guarantee needs
+    #[command(name = "k8s-check")]
+    K8sCheck(K8sCheckArgs),
+    /// Kubernetes startupProbe: exit 0 once `netcage proxy --transparent --ready-file FILE`
+    /// is serving
+    #[command(name = "k8s-ready")]
+    K8sReady(K8sReadyArgs),
     /// Which tier this machine allows, and why
     Doctor,
     /// A self-contained demonstration on a local HTTPS server
@@ -120,6 +132,12 @@ pub struct PolicyArgs {
     /// Hand the child a token for variable NAME instead of its value, bound to HOSTs
     #[arg(long, value_name = "NAME[=HOST,..]")]
     pub seal: Vec<String>,
+    /// Show the credential file PATH sealed: each secret in it replaced by a token bound to
+    /// the host the file gives it (FORMAT: git-credentials, netrc, npmrc, docker, gh, pypirc,
+    /// cargo; default: from the name). The built-in credential files are sealed unasked
+    /// (repeatable; Tier 1)
+    #[arg(long, value_name = "PATH[=FORMAT]")]
+    pub seal_file: Vec<String>,
     /// Hand the command every entry of this Starpod vault as a token bound to the entry's
     /// allowed hosts [default: vault.db in the data dir, when it exists]
     #[arg(long, value_name = "FILE", conflicts_with = "no_vault")]
@@ -130,6 +148,16 @@ pub struct PolicyArgs {
     /// Also hand out vault entries that name no allowed hosts, unrestricted (skipped otherwise)
     #[arg(long)]
     pub vault_unbound: bool,
+    /// Seal an AWS key for SigV4: the command gets a stand-in key id and tokens, the proxy
+    /// re-signs its requests to AWS with the real key. Keys from AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, else (or with =PROFILE) a profile of
+    /// ~/.aws/credentials or ~/.aws/config
+    #[arg(long, value_name = "PROFILE", num_args = 0..=1, require_equals = true)]
+    pub seal_aws: Option<Option<String>>,
+    /// A host the sealed AWS key may also sign for, besides *.amazonaws.com and amazonaws.com
+    /// (an S3-compatible endpoint) (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub seal_aws_host: Vec<String>,
     /// Record every host reached; at the end write a default-deny netcage.toml allowing
     /// exactly those to FILE (without FILE: print it on stderr)
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
@@ -222,13 +250,70 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct ProxyCmdArgs {
-    /// Address to listen on
+    /// Address to listen on (the explicit proxy)
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// A Kubernetes pod's sidecar, after `netcage k8s-init`: take the connections and DNS
+    /// queries the pod's nft rules redirect, on 127.0.0.1 and ::1 (DNS answered as in Tier 1)
+    #[arg(long)]
+    pub transparent: bool,
+    /// --transparent: the port of the transparent listener (k8s-init's --port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_PORT)]
+    pub port: u16,
+    /// --transparent: the resolver's port, UDP and TCP (k8s-init's --dns-port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_DNS_PORT)]
+    pub dns_port: u16,
+    /// --transparent: make the CA in memory and write only its public files (the bundle for
+    /// SSL_CERT_FILE, the certificate, the Java truststore) to DIR, the volume the app mounts
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// --transparent: write the --seal tokens to FILE as NAME=TOKEN lines (mode 0644)
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// --transparent: create FILE once listening (removed first; the startupProbe is
+    /// `netcage k8s-ready FILE`)
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+pub const DEFAULT_POD_PORT: u16 = 15001;
+pub const DEFAULT_POD_DNS_PORT: u16 = 15053;
+
+#[derive(Args, Debug)]
+pub struct K8sInitArgs {
+    /// The sidecar's uid (`netcage proxy --transparent` runs as it): its traffic is let out
+    #[arg(long, value_name = "UID")]
+    pub proxy_uid: u32,
+    /// The sidecar's transparent port (its --port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_PORT)]
+    pub port: u16,
+    /// The sidecar's resolver port (its --dns-port)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_POD_DNS_PORT)]
+    pub dns_port: u16,
+    /// Print the rules (nft syntax) instead of loading them
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct K8sCheckArgs {
+    /// Manifests (YAML, several documents each allowed); '-' for stdin
+    #[arg(required = true, value_name = "FILE.yaml")]
+    pub files: Vec<PathBuf>,
+    /// The sidecar's uid when no `k8s-init --proxy-uid` in the manifest says it
+    #[arg(long, value_name = "UID", default_value_t = 1337)]
+    pub proxy_uid: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct K8sReadyArgs {
+    /// The sidecar's --ready-file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +392,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Token(cmd) => token::token(cmd),
         Command::Ca(cmd) => ca::ca(cmd),
         Command::Key(cmd) => key::key(cmd),
+        Command::K8sInit(args) => k8s::init(args),
+        Command::K8sCheck(args) => k8s::check(args),
+        Command::K8sReady(args) => k8s::ready(args),
         Command::Doctor => doctor::doctor(),
         Command::Demo(args) => demo::demo(args),
         Command::Holder => Ok(netcage::sandbox::holder::holder_main().clamp(0, 255) as u8),

@@ -8,6 +8,20 @@ use super::ProxyCmdArgs;
 use super::config::resolve;
 
 pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
+    if args.transparent {
+        return super::k8s::sidecar(args);
+    }
+    for (flag, given) in [
+        ("--ca-dir", args.ca_dir.is_some()),
+        ("--tokens-file", args.tokens_file.is_some()),
+        ("--ready-file", args.ready_file.is_some()),
+    ] {
+        if given {
+            return Err(super::input_error(format!(
+                "{flag} is for the Kubernetes sidecar: add --transparent, or leave it out"
+            )));
+        }
+    }
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     super::raise_nofile_limit();
     let resolved = resolve(&args.key, &args.policy)?;

@@ -45,6 +45,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
 fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     if args.tier == Tier::Env {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
+        super::config::tier0_files_note(&resolved);
         return runtime()?.block_on(run_env_tier(args, resolved));
     }
     // From here on the forwarded signals (and the terminal's SIGINT/SIGQUIT) stay blocked in
@@ -94,8 +95,10 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 sealed_env: started.sealed,
                 learn,
                 write: started.write,
+                seal_files: started.seal_files,
                 hide: Vec::new(),
             };
+            super::config::tier0_files_note(&resolved);
             runtime()?.block_on(run_env_tier(args, resolved))
         }
     }

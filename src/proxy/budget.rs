@@ -4,13 +4,18 @@
 //! (or was refused); a body that finds no room waits up to `limits.body_wait_secs`, and is
 //! then refused without anything sent.
 //!
+//! No one command holds more than half of the budget at once ([`Budget::per_exec`]): a body
+//! of an exec already holding that much waits like a body that finds no room, so one hostile
+//! command of a `serve` cannot leave the others without room for theirs.
+//!
 //! Memory given back: freed memory mostly stays in the C allocator's arenas (one per proxy
 //! thread), so after a flood the process would keep its peak size. [`trim_when_quiet`] hands
 //! it back to the system once the proxy has been quiet for a moment after giving back much.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,11 +30,15 @@ pub struct Budget {
     bytes: u64,
     /// Bytes given back so far.
     returned: Arc<AtomicU64>,
+    /// Each exec's own room, [`Budget::per_exec`] bytes (entries no share holds are dropped).
+    execs: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// Part of the budget, given back when dropped.
 pub struct Share {
     permit: OwnedSemaphorePermit,
+    /// The same bytes from the exec's own room.
+    _exec: Option<OwnedSemaphorePermit>,
     returned: Arc<AtomicU64>,
 }
 
@@ -56,7 +65,28 @@ impl Budget {
             room: Arc::new(Semaphore::new(bytes as usize)),
             bytes,
             returned: Arc::default(),
+            execs: Mutex::default(),
         }
+    }
+
+    /// What one exec may hold at once: half the budget.
+    pub fn per_exec(&self) -> u64 {
+        self.bytes / 2
+    }
+
+    /// `exec`'s own room (made when first asked for).
+    fn room_of(&self, exec: &str) -> Arc<Semaphore> {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(room) = execs.get(exec) {
+            return room.clone();
+        }
+        // Execs come and go (serve): forget the rooms nothing holds or waits for.
+        if execs.len() >= 64 {
+            execs.retain(|_, room| Arc::strong_count(room) > 1);
+        }
+        let room = Arc::new(Semaphore::new(self.per_exec() as usize));
+        execs.insert(exec.to_owned(), room.clone());
+        room
     }
 
     /// The whole budget, bytes.
@@ -66,24 +96,38 @@ impl Budget {
 
     /// Takes `bytes` (at most [`Budget::bytes`] and 4 GiB), waiting up to `wait` for room;
     /// `None` if there was none in time.
-    pub async fn take(&self, bytes: u64, wait: Duration) -> Option<Share> {
-        self.taking(bytes, wait).await
+    /// `exec` is the command the body is for (`None`: unattributed, or `netcage proxy`, which
+    /// has no command: not held to [`Budget::per_exec`]).
+    pub async fn take(&self, exec: Option<&str>, bytes: u64, wait: Duration) -> Option<Share> {
+        self.taking(exec, bytes, wait).await
     }
 
     /// [`Budget::take`] as a future that does not borrow the budget (for a stream that keeps
     /// it between polls).
     pub fn taking(
         &self,
+        exec: Option<&str>,
         bytes: u64,
         wait: Duration,
     ) -> impl Future<Output = Option<Share>> + Send + 'static {
-        let n = u32::try_from(bytes.min(self.bytes)).ok();
+        let bytes = bytes.min(self.bytes);
+        let own = exec.map(|exec| (self.room_of(exec), bytes.min(self.per_exec())));
         let (room, returned) = (self.room.clone(), self.returned.clone());
         async move {
-            match tokio::time::timeout(wait, room.acquire_many_owned(n?)).await {
-                Ok(Ok(permit)) => Some(Share { permit, returned }),
-                _ => None,
-            }
+            let n = u32::try_from(bytes).ok()?;
+            let both = async {
+                let exec = match own {
+                    Some((own, mine)) => Some(own.acquire_many_owned(mine as u32).await.ok()?),
+                    None => None,
+                };
+                let permit = room.acquire_many_owned(n).await.ok()?;
+                Some(Share {
+                    permit,
+                    _exec: exec,
+                    returned,
+                })
+            };
+            tokio::time::timeout(wait, both).await.ok().flatten()
         }
     }
 
@@ -184,11 +228,17 @@ mod tests {
     async fn a_body_waits_for_room_then_is_refused() {
         let budget = Budget::new(1);
         let mib = 1024 * 1024;
-        let a = budget.take(mib / 2, Duration::from_secs(1)).await.unwrap();
-        let b = budget.take(mib / 2, Duration::from_secs(1)).await.unwrap();
+        let a = budget
+            .take(None, mib / 2, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let b = budget
+            .take(None, mib / 2, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(budget.free(), 0);
         let started = tokio::time::Instant::now();
-        assert!(budget.take(1, Duration::from_secs(3)).await.is_none());
+        assert!(budget.take(None, 1, Duration::from_secs(3)).await.is_none());
         assert_eq!(started.elapsed(), Duration::from_secs(3));
 
         // Room made while it waits lets it in.
@@ -199,8 +249,12 @@ mod tests {
                     room,
                     bytes: 1024 * 1024,
                     returned: Arc::default(),
+                    execs: Mutex::default(),
                 };
-                budget.take(mib / 4, Duration::from_secs(3)).await.is_some()
+                budget
+                    .take(None, mib / 4, Duration::from_secs(3))
+                    .await
+                    .is_some()
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -209,6 +263,31 @@ mod tests {
         drop(b);
         assert_eq!(budget.free(), mib);
         assert_eq!(budget.returned(), mib / 2 + mib / 2);
+    }
+
+    /// One exec holds at most half; the others still find room; a share given back lets the
+    /// exec in again; rooms of execs nothing holds are forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn no_exec_holds_more_than_half() {
+        let budget = Budget::new(4);
+        let mib = 1024 * 1024;
+        let wait = Duration::from_secs(1);
+        let a1 = budget.take(Some("exec-1"), mib, wait).await.unwrap();
+        let _a2 = budget.take(Some("exec-1"), mib, wait).await.unwrap();
+        assert!(budget.take(Some("exec-1"), 1, wait).await.is_none());
+        assert_eq!(budget.free(), 2 * mib, "the refused exec took nothing");
+        let _b = budget.take(Some("exec-2"), 2 * mib, wait).await.unwrap();
+        assert_eq!(budget.free(), 0);
+        drop(a1);
+        assert!(budget.take(Some("exec-1"), mib, wait).await.is_some());
+        // A body larger than half is taken as half from the exec's room (and whole from the
+        // budget), so it can still be read.
+        let big = Budget::new(2);
+        assert!(big.take(Some("exec-9"), 2 * mib, wait).await.is_some());
+        for i in 0..100 {
+            drop(big.take(Some(&format!("exec-{i}")), 1, wait).await.unwrap());
+        }
+        assert!(big.execs.lock().unwrap().len() <= 64);
     }
 
     #[test]

@@ -124,6 +124,49 @@ impl Decider {
         Decision::Block
     }
 
+    /// A SigV4 stand-in key id (its token's `fingerprint`, bound to `hosts`) signs a request
+    /// found at `location`: `Ok` when this host may get it signed with the real key (audit
+    /// action `sigv4`), else the block (the same rules as a token; never stripped: the
+    /// signature would not hold without it).
+    pub fn sigv4(
+        &self,
+        location: &str,
+        fingerprint: &str,
+        hosts: &[String],
+    ) -> Result<(), BlockInfo> {
+        let plaintext_refused = !self.tls && !self.proxy.cfg.policy.secrets.plaintext_http;
+        let reason = if plaintext_refused {
+            Some(
+                "a request signed with a sealed AWS key may not be sent over plaintext HTTP (policy secrets.plaintext_http = false); use https",
+            )
+        } else if !hosts::allowed(hosts, &self.host) {
+            Some("a sealed AWS key (SigV4 stand-in) may not sign requests to this host")
+        } else {
+            None
+        };
+        let mut record = self.lock();
+        record.uses.push(TokenUse {
+            fingerprint: fingerprint.to_owned(),
+            action: if reason.is_some() { "block" } else { "sigv4" },
+            location: location.to_owned(),
+            bound_hosts: if reason.is_some() {
+                hosts.to_vec()
+            } else {
+                Vec::new()
+            },
+        });
+        let Some(reason) = reason else { return Ok(()) };
+        Err(record
+            .block
+            .get_or_insert_with(|| BlockInfo {
+                fingerprint: fingerprint.to_owned(),
+                host: self.host.to_string(),
+                bound_hosts: hosts.to_vec(),
+                reason: reason.to_owned(),
+            })
+            .clone())
+    }
+
     /// The leak guard found the guarded value `id` (a real value, not its token) at
     /// `location`, and this host is not one it may go to: the request is blocked, whatever
     /// `on_host_mismatch` says.

@@ -12,6 +12,7 @@
 //!              target), request_body.rs, reflect.rs (the connection's substituted values),
 //!              send.rs (the upstream call), upgrade.rs (after a 101), websocket.rs (messages
 //!              after a WebSocket 101), response.rs (redaction)
+//! sigv4/       SigV4 requests signed with a stand-in key (`--seal-aws`), re-signed with the real key
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
@@ -37,6 +38,7 @@ mod io;
 mod quota;
 mod respond;
 mod service;
+mod sigv4;
 mod stages;
 pub(crate) mod timeouts;
 mod tls;
@@ -81,6 +83,8 @@ pub struct ProxyConfig {
     /// The real values netcage sealed for this proxy (`--seal`, `SandboxBuilder::seal`), for
     /// the leak guard; values it opens from tokens while serving join them.
     pub sealed: Vec<SealedValue>,
+    /// `--seal-aws`: the stand-in key ids the proxy re-signs for, with the real keys.
+    pub aws: Vec<crate::aws::AwsCredential>,
 }
 
 /// The running proxy's shared state.

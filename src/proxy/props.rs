@@ -285,6 +285,7 @@ fn ws_proxy() -> Arc<super::Proxy> {
                 audit: Arc::new(crate::audit::AuditLog::disabled()),
                 ca: Arc::new(ca),
                 sealed: Vec::new(),
+                aws: Vec::new(),
             };
             super::Proxy::new(cfg).unwrap()
         })

@@ -1,5 +1,6 @@
 //! One HTTP request through the proxy, as a pipeline of the stages in `stages/`: the host
-//! decision, the head (leak guard, tokens in headers and target), the body, the upstream call,
+//! decision, the head (leak guard, tokens in headers and target), a SigV4 stand-in's host check,
+//! the body, the re-signing of that request with the real key (`sigv4/`), the upstream call,
 //! then either the upgrade (WebSocket messages checked like bodies) or the response with real
 //! values turned back into tokens.
 
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 
 use super::body::{self, Audited, ProxyBody};
 use super::decide::Decider;
+use super::sigv4;
 use super::stages::{
     Checks, Stop, head, host, reflect, request_body, response, send, upgrade, websocket,
 };
@@ -66,9 +68,12 @@ async fn forward(
         name: dest.name.clone(),
     };
     let target = head::substitute(&mut req, &checks, event)?;
+    let resign = sigv4::check(proxy, &req, &checks, event)?;
     let mut client_upgrade = upgrade::requested(&mut req);
     let (mut parts, incoming) = req.into_parts();
-    let outgoing = request_body::prepare(proxy, &mut parts, incoming, &checks, event).await?;
+    let keep_length = resign.is_some();
+    let outgoing =
+        request_body::prepare(proxy, &mut parts, incoming, keep_length, &checks, event).await?;
     let redactor = reflect::learn(reflect, &checks.decider);
     if redactor.is_some() {
         // Compressed responses could hide a reflected value from the redactor (a server that
@@ -80,7 +85,11 @@ async fn forward(
     }
     let method = parts.method.clone();
     let upgrading = client_upgrade.is_some();
-    let request = send::build(conn, &dest, &target, parts, outgoing.body, upgrading, event)?;
+    let mut request = send::build(conn, &dest, &target, parts, outgoing.body, upgrading, event)?;
+    if let Some(resign) = &resign {
+        let whole = outgoing.whole.as_ref();
+        sigv4::resign(proxy, request.request_mut(), resign, whole, &checks, event)?;
+    }
     let mut resp = send::call(proxy, request, &outgoing.bytes_up, &checks, event).await?;
     let audit = AuditOnEnd {
         proxy,

@@ -38,6 +38,8 @@ pub struct Launched {
     pub notes: Vec<String>,
     /// The filesystem view the sandbox was built with (what is hidden, what is writable).
     pub view: super::layout::Layout,
+    /// The real values of the sealed credential files in the view, for the proxy.
+    pub sealed_values: Vec<crate::proxy::SealedValue>,
 }
 
 /// Starts `exe __holder` and waits (blocking) until the sandbox is ready or has failed.
@@ -93,6 +95,7 @@ pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
             sockets,
             notes,
             view: Default::default(),
+            sealed_values: Vec::new(),
         }),
         Err(e) => {
             let _ = holder.kill();

@@ -53,6 +53,16 @@ pub enum Op {
     },
     /// `path` (a file or a directory tree) read-only.
     ReadOnly { path: PathBuf },
+    /// The file `path` shows as a read-only file holding `contents`, with the real one's
+    /// owner and mode: a sealed credential file (`credfiles`: tokens in place of secrets),
+    /// built in memory (a tmpfs).
+    SealedFile { path: PathBuf, contents: Vec<u8> },
+    /// The directory `path` shows as a read-only directory (a tmpfs) holding only `files`
+    /// (path relative to it, contents): a hidden credential directory with sealed files.
+    SealedDir {
+        path: PathBuf,
+        files: Vec<(PathBuf, Vec<u8>)>,
+    },
 }
 
 /// What the view is built from. Every path is absolute and canonical (symbolic links
@@ -79,6 +89,9 @@ pub struct Input {
     pub host_sockets: Vec<PathBuf>,
     /// Git hooks, configs and `.git` files in the writable directories (`gitdirs`).
     pub git: Vec<PathBuf>,
+    /// Sealed credential files (canonical path, contents holding only tokens): shown in place
+    /// of the real ones.
+    pub sealed: Vec<(PathBuf, Vec<u8>)>,
 }
 
 /// The view, and what a user is told about it.
@@ -89,6 +102,9 @@ pub struct Layout {
     pub writable: Vec<PathBuf>,
     /// Credential locations hidden (for the one line `run` prints).
     pub hidden: Vec<PathBuf>,
+    /// Credential files shown sealed (tokens in place of their secrets).
+    #[serde(default)]
+    pub sealed: Vec<PathBuf>,
     /// Things a user should know (a working directory left read-only, …).
     pub notes: Vec<String>,
 }
@@ -227,6 +243,17 @@ pub fn layout(input: &Input) -> Layout {
     let mut read_only: Vec<PathBuf> = Vec::new();
     // Neither the writable roots nor what holds them are hidden: an explicit --write wins.
     let holds_root = |p: &Path| writable.iter().any(|w| within(w, p));
+    let is_sealed = |p: &Path| input.sealed.iter().any(|(s, _)| s == p);
+    // Sealed files are shown in place of the real ones (inside a hidden directory, in its
+    // place's tmpfs), unless `show` or a writable root says otherwise.
+    let sealed: Vec<&(PathBuf, Vec<u8>)> = input
+        .sealed
+        .iter()
+        .filter(|(p, _)| {
+            let gone = in_fresh(p) && root_of(p).is_none();
+            exists(p) && !is_real_dir(p) && !input.show.contains(p) && !holds_root(p) && !gone
+        })
+        .collect();
     let mut hide_credential = |path: PathBuf, out: &mut Layout| {
         if input.show.contains(&path) || holds_root(&path) || !exists(&path) {
             return;
@@ -237,7 +264,7 @@ pub fn layout(input: &Input) -> Layout {
         }
         // A symbolic link (~/.ssh -> dotfiles/ssh): what it points to is hidden.
         let target = std::fs::canonicalize(&path).unwrap_or(path);
-        if holds_root(&target) || out.hidden.contains(&target) {
+        if holds_root(&target) || out.hidden.contains(&target) || is_sealed(&target) {
             return;
         }
         if is_real_dir(&target) {
@@ -322,6 +349,7 @@ pub fn layout(input: &Input) -> Layout {
     let covered = hide_dirs
         .iter()
         .chain(&hide_files)
+        .chain(sealed.iter().map(|(p, _)| p))
         .chain(&read_only)
         .chain(std::iter::once(data_dir));
     for target in covered {
@@ -353,7 +381,29 @@ pub fn layout(input: &Input) -> Layout {
     for path in hide_dirs {
         if !within(&path, data_dir) && !hidden_by(&path, &gone) {
             gone.push(path.clone());
-            out.ops.push(Op::HideDir { path });
+            let files: Vec<(PathBuf, Vec<u8>)> = sealed
+                .iter()
+                .filter_map(|(p, contents)| {
+                    let rel = p.strip_prefix(&path).ok()?;
+                    (!rel.as_os_str().is_empty()).then(|| (rel.to_owned(), contents.clone()))
+                })
+                .collect();
+            if files.is_empty() {
+                out.ops.push(Op::HideDir { path });
+            } else {
+                out.sealed
+                    .extend(files.iter().map(|(rel, _)| path.join(rel)));
+                out.ops.push(Op::SealedDir { path, files });
+            }
+        }
+    }
+    for (path, contents) in &sealed {
+        if !hidden_by(path, &gone) && !within(path, data_dir) {
+            out.sealed.push(path.clone());
+            out.ops.push(Op::SealedFile {
+                path: path.clone(),
+                contents: contents.clone(),
+            });
         }
     }
     for path in hide_files {

@@ -24,7 +24,7 @@ pub mod layout;
 mod mounts;
 mod netlink;
 pub mod nflog;
-mod nft;
+pub mod nft;
 pub mod owner;
 pub mod plan;
 pub mod process;

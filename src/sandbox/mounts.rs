@@ -364,6 +364,64 @@ fn apply_one(op: &Op, st: &mut State) -> Result<(), String> {
                 read_only(path, true)?;
             }
         }
+        Op::SealedFile { path, contents } => {
+            let Ok(meta) = path.symlink_metadata() else {
+                return Ok(());
+            };
+            if !meta.is_file() {
+                return Ok(());
+            }
+            let mnt = detached_tmpfs("0755")?;
+            write_like(&fd_path(&mnt, "sealed"), contents, Some(&meta))?;
+            set_attr(mnt.as_raw_fd(), Path::new(""), false, MOUNT_ATTR_RDONLY, 0)?;
+            let file = open_tree(mnt.as_raw_fd(), Path::new("sealed"), false)?;
+            move_mount(&file, path)?;
+        }
+        Op::SealedDir { path, files } => {
+            if !path.is_dir() {
+                return Ok(());
+            }
+            // Owners and modes of the real files, before they are covered.
+            let metas: Vec<_> = files
+                .iter()
+                .map(|(rel, _)| path.join(rel).symlink_metadata().ok())
+                .collect();
+            let dir = path.metadata().ok();
+            tmpfs(path, nosuid_nodev | MsFlags::MS_NOEXEC, "mode=0700,size=4m")?;
+            for ((rel, contents), meta) in files.iter().zip(&metas) {
+                let file = path.join(rel);
+                if let Some(parent) = file.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("make {} in the sandbox: {e}", parent.display()))?;
+                }
+                write_like(&file, contents, meta.as_ref())?;
+            }
+            if let Some(dir) = dir {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(path, Some(dir.uid()), Some(dir.gid()));
+            }
+            read_only(path, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `contents` to the new file `path` with the owner and permission bits of `like` (the
+/// real file it stands in for: some clients refuse a credential file others may read).
+fn write_like(
+    path: &Path,
+    contents: &[u8],
+    like: Option<&std::fs::Metadata>,
+) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::write(path, contents)
+        .map_err(|e| format!("write the sealed {} in the sandbox: {e}", path.display()))?;
+    let mode = like.map_or(0o600, |m| m.mode() & 0o777);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("set the mode of the sealed {}: {e}", path.display()))?;
+    if let Some(m) = like {
+        // Root may give it the real file's owner; in a user namespace it is the user's anyway.
+        let _ = std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()));
     }
     Ok(())
 }

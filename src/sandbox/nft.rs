@@ -11,7 +11,7 @@
 use netlink_sys::Socket;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use super::plan::{NFLOG_GROUP, Ports};
+use super::plan::{NFLOG_GROUP, PodRules, Ports};
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
 const NLM_F_REQUEST: u16 = 0x1;
@@ -24,6 +24,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFPROTO_INET: u8 = 1;
@@ -35,6 +36,9 @@ const NF_DROP: i32 = 0;
 const NFT_RETURN: i32 = -5;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+/// nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report
+const ICMPV6_NEIGHBOUR_DISCOVERY: [u8; 4] = [133, 135, 136, 143];
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -62,11 +66,41 @@ const TABLE: &str = "netcage";
 
 /// Loads the ruleset into the current network namespace (needs CAP_NET_ADMIN there).
 pub fn load(ports: &Ports) -> Result<(), String> {
-    let (batch, acks) = batch(ports);
+    let mut nat = dns_rules(ports);
+    nat.extend(loopback_returns());
+    nat.extend(tcp_rules(ports));
+    let filter = filter_rules(None, &[], Expr::Verdict(NF_DROP));
+    send_batch(&batch(&nat, &filter, false))
+}
+
+/// Loads a pod's ruleset ([`super::plan::pod_nft_ruleset`]) into the current network
+/// namespace, replacing an `inet netcage` table already there in the same batch: atomic (the
+/// namespace never sees a state without the rules) and idempotent (a restarted init container
+/// loads the same rules again).
+pub fn load_pod(rules: &PodRules) -> Result<(), String> {
+    let ports = rules.ports();
+    let mut nat = vec![uid_is(rules.proxy_uid, NFT_RETURN)];
+    nat.extend(loopback_returns());
+    nat.extend(dns_rules(&ports));
+    nat.extend(tcp_rules(&ports));
+    // The kernel's own IPv6 neighbour discovery has no socket (so no uid) and no conntrack
+    // state: without these the sidecar could reach no IPv6 address off the pod. The app
+    // cannot send them itself: an ICMPv6 ping socket sends only echo requests, and raw
+    // sockets need NET_RAW.
+    let filter = filter_rules(
+        Some(rules.proxy_uid),
+        &ICMPV6_NEIGHBOUR_DISCOVERY,
+        Expr::RejectAdminProhibited,
+    );
+    send_batch(&batch(&nat, &filter, true))
+}
+
+fn send_batch((batch, acks): &(Vec<u8>, usize)) -> Result<(), String> {
+    let (batch, acks) = (batch.as_slice(), *acks);
     // A kernel that had to load a module for an expression may ask for the batch again.
     let mut tries = 3;
     loop {
-        match send(&batch, acks) {
+        match send(batch, acks) {
             Err(Refused(code)) if code == libc::EAGAIN && tries > 1 => tries -= 1,
             Err(Refused(code)) => {
                 return Err(format!(
@@ -131,10 +165,17 @@ fn errors(mut buf: &[u8]) -> Vec<i32> {
     out
 }
 
-/// The whole batch, and how many acknowledgements the kernel will send for it.
-fn batch(p: &Ports) -> (Vec<u8>, usize) {
+/// The whole batch, and how many acknowledgements the kernel will send for it. `replace`:
+/// the table is made (if missing) and deleted first, in the same transaction.
+fn batch(nat: &[Vec<Expr>], filter: &[Vec<Expr>], replace: bool) -> (Vec<u8>, usize) {
     let mut b = Batch::default();
     b.control(NFNL_MSG_BATCH_BEGIN);
+    if replace {
+        b.object(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
+            m.str(NFTA_TABLE_NAME, TABLE)
+        });
+        b.object(NFT_MSG_DELTABLE, 0, |m| m.str(NFTA_TABLE_NAME, TABLE));
+    }
     b.object(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
         m.str(NFTA_TABLE_NAME, TABLE)
     });
@@ -150,11 +191,11 @@ fn batch(p: &Ports) -> (Vec<u8>, usize) {
             m.str(NFTA_CHAIN_TYPE, kind);
         });
     }
-    for rule in nat_rules(p) {
-        b.rule("nat_out", &rule);
+    for rule in nat {
+        b.rule("nat_out", rule);
     }
-    for rule in filter_rules() {
-        b.rule("filter_out", &rule);
+    for rule in filter {
+        b.rule("filter_out", rule);
     }
     b.control(NFNL_MSG_BATCH_END);
     (b.buf, b.acks)
@@ -180,8 +221,11 @@ enum Expr {
     Redirect,
     /// `log prefix PREFIX group GROUP`
     Log { group: u16, prefix: &'static str },
+    /// `reject with icmpx admin-prohibited`
+    RejectAdminProhibited,
 }
 
+const META_SKUID: u32 = 10;
 const META_NFPROTO: u32 = 15;
 const META_L4PROTO: u32 = 16;
 const PAYLOAD_NETWORK: u32 = 1;
@@ -189,6 +233,21 @@ const PAYLOAD_TRANSPORT: u32 = 2;
 /// NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED), host byte order.
 const CT_ESTABLISHED_RELATED: u32 = 2 | 4;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+/// NFT_REJECT_ICMPX_UNREACH, NFT_REJECT_ICMPX_ADMIN_PROHIBITED
+const REJECT_ICMPX: u32 = 2;
+const ICMPX_ADMIN_PROHIBITED: u8 = 3;
+
+/// `meta skuid UID VERDICT` (the uid compared in host byte order, as nft does).
+fn uid_is(uid: u32, verdict: i32) -> Vec<Expr> {
+    vec![
+        Expr::Meta(META_SKUID),
+        Expr::Cmp {
+            neq: false,
+            data: uid.to_ne_bytes().to_vec(),
+        },
+        Expr::Verdict(verdict),
+    ]
+}
 
 /// `meta KEY VALUE` (nfproto and l4proto are one byte).
 fn meta_is(key: u32, value: u8) -> Vec<Expr> {
@@ -239,9 +298,9 @@ fn ipv6_loopback() -> Vec<Expr> {
     daddr_starts_with(NFPROTO_IPV6, 24, &std::net::Ipv6Addr::LOCALHOST.octets())
 }
 
-fn nat_rules(p: &Ports) -> Vec<Vec<Expr>> {
+/// `meta nfproto F udp|tcp dport 53 redirect to :PORT`
+fn dns_rules(p: &Ports) -> Vec<Vec<Expr>> {
     let mut rules = Vec::new();
-    // `meta nfproto F udp|tcp dport 53 redirect to :PORT`
     for (port, nfproto, proto) in [
         (p.dns4, NFPROTO_IPV4, IPPROTO_UDP),
         (p.dns6, NFPROTO_IPV6, IPPROTO_UDP),
@@ -265,11 +324,22 @@ fn nat_rules(p: &Ports) -> Vec<Vec<Expr>> {
         r.extend(redirect(port));
         rules.push(r);
     }
+    rules
+}
+
+/// `ip daddr 127.0.0.0/8 return`, `ip6 daddr ::1 return`
+fn loopback_returns() -> Vec<Vec<Expr>> {
+    let mut rules = Vec::new();
     for mut r in [ipv4_loopback(), ipv6_loopback()] {
         r.push(Expr::Verdict(NFT_RETURN));
         rules.push(r);
     }
-    // `meta nfproto F meta l4proto tcp redirect to :PORT`
+    rules
+}
+
+/// `meta nfproto F meta l4proto tcp redirect to :PORT`
+fn tcp_rules(p: &Ports) -> Vec<Vec<Expr>> {
+    let mut rules = Vec::new();
     for (port, nfproto) in [(p.tcp4, NFPROTO_IPV4), (p.tcp6, NFPROTO_IPV6)] {
         if port == 0 {
             continue;
@@ -282,7 +352,26 @@ fn nat_rules(p: &Ports) -> Vec<Vec<Expr>> {
     rules
 }
 
-fn filter_rules() -> Vec<Vec<Expr>> {
+/// Established/related and loopback accepted (and first the proxy's uid, when it is
+/// exempt), everything else logged to NFLOG and given `last` (drop or reject).
+fn filter_rules(exempt_uid: Option<u32>, icmpv6_types: &[u8], last: Expr) -> Vec<Vec<Expr>> {
+    let exempt = exempt_uid.map(|uid| uid_is(uid, NF_ACCEPT));
+    // `icmpv6 type T accept`
+    let icmpv6 = icmpv6_types.iter().map(|&t| {
+        let mut r = family(NFPROTO_IPV6);
+        r.extend(l4(IPPROTO_ICMPV6));
+        r.push(Expr::Payload {
+            base: PAYLOAD_TRANSPORT,
+            offset: 0,
+            len: 1,
+        });
+        r.push(Expr::Cmp {
+            neq: false,
+            data: vec![t],
+        });
+        r.push(Expr::Verdict(NF_ACCEPT));
+        r
+    });
     let established = vec![
         Expr::CtState,
         Expr::And(CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec()),
@@ -301,9 +390,14 @@ fn filter_rules() -> Vec<Vec<Expr>> {
             group: NFLOG_GROUP,
             prefix: "netcage-drop",
         },
-        Expr::Verdict(NF_DROP),
+        last,
     ];
-    vec![established, v4, v6, log]
+    exempt
+        .into_iter()
+        .chain([established, v4, v6])
+        .chain(icmpv6)
+        .chain([log])
+        .collect()
 }
 
 /// Netlink messages back to back, with their sequence numbers.
@@ -373,6 +467,7 @@ impl Expr {
             Expr::Value(_) | Expr::Verdict(_) => "immediate",
             Expr::Redirect => "redir",
             Expr::Log { .. } => "log",
+            Expr::RejectAdminProhibited => "reject",
         };
         m.str(NFTA_EXPR_NAME, name);
         m.nest(NFTA_EXPR_DATA, |m| self.encode_data(m));
@@ -427,6 +522,10 @@ impl Expr {
             Expr::Log { group, prefix } => {
                 m.bytes(1, &group.to_be_bytes()); // NFTA_LOG_GROUP
                 m.str(2, prefix); // NFTA_LOG_PREFIX
+            }
+            Expr::RejectAdminProhibited => {
+                m.u32(1, REJECT_ICMPX); // NFTA_REJECT_TYPE
+                m.bytes(2, &[ICMPX_ADMIN_PROHIBITED]); // NFTA_REJECT_ICMP_CODE
             }
         }
     }
@@ -563,6 +662,39 @@ mod tests {
             );
             assert_eq!(ours.contains(":40002"), ports.tcp6 != 0, "{ours}");
         }
+    }
+
+    #[test]
+    fn the_pod_rules_are_those_nft_would_load_and_loading_again_replaces_them() {
+        if !can_make_a_namespace() {
+            return;
+        }
+        let rules = PodRules {
+            proxy_uid: 1337,
+            port: 15001,
+            dns_port: 15053,
+        };
+        let ours = listing(move || load_pod(&rules));
+        let theirs = listing(with_nft(super::super::plan::pod_nft_ruleset(&rules)));
+        assert_eq!(ours, theirs);
+        assert!(ours.contains("meta skuid 1337 return"), "{ours}");
+        assert!(
+            ours.contains("reject with icmpx admin-prohibited"),
+            "{ours}"
+        );
+        // Over Tier 1's table (other rules, a chain more), then over its own: one copy each
+        // time, the other rules gone.
+        let again = listing(move || {
+            load(&Ports {
+                tcp4: 40001,
+                dns4: 40003,
+                ..Ports::default()
+            })?;
+            load_pod(&PodRules { port: 1, ..rules })?;
+            load_pod(&rules)?;
+            load_pod(&rules)
+        });
+        assert_eq!(again, ours);
     }
 
     #[test]

@@ -232,8 +232,20 @@ impl Upstream {
         Self::launch(None)
     }
 
+    /// Like [`Upstream::start`], listening on `bind` (an address of a namespace the test made,
+    /// port 0) instead of `127.0.0.1:0`.
+    pub fn start_at(ca: &TestCa, names: &[&str], bind: SocketAddr) -> Self {
+        install_crypto_provider();
+        let tls = TlsAcceptor::from(ca.server_config(names, &[b"h2", b"http/1.1"]));
+        Self::launch_at(Some(tls), bind)
+    }
+
     fn launch(tls: Option<TlsAcceptor>) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::launch_at(tls, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn launch_at(tls: Option<TlsAcceptor>, bind: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind(bind).expect("bind the upstream's address");
         listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(State::default());

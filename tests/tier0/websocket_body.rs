@@ -240,15 +240,16 @@ print(json.dumps(out))
 }
 
 /// Messages being reassembled take their memory from the body budget: while one connection
-/// holds most of a large message unfinished, another's message finds no room and is closed
-/// with 1009 (nothing of it sent); once the first finishes, the budget is back.
+/// holds a large message unfinished (all of the command's half of the 4 MiB budget), another
+/// connection's message finds no room and is closed with 1009 (nothing of it sent); once the
+/// first finishes, the room is back.
 #[test]
 fn websocket_messages_being_reassembled_share_the_body_budget() {
     let fx = Fx::new();
     let policy = fx.env.path("ws-budget.toml");
     std::fs::write(
         &policy,
-        "[limits]\nbody_memory_mib = 2\nbody_wait_secs = 1\nwebsocket_message_mib = 4\n",
+        "[limits]\nbody_memory_mib = 4\nbody_wait_secs = 1\nwebsocket_message_mib = 4\n",
     )
     .unwrap();
     let script = format!(

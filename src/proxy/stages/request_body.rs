@@ -1,7 +1,9 @@
 //! Stage 3, the request body: a small body with a `Content-Length` is read whole (within the
 //! memory budget), guarded and scanned before anything goes upstream, so a blocked token stops
 //! the request before a byte leaves and `Content-Length` stays exact; any other body is
-//! streamed through the leak guard and the scanner and sent without `Content-Length`.
+//! streamed through the leak guard and the scanner and sent without `Content-Length` — except
+//! a request netcage re-signs for AWS (S3 refuses a plain upload without it): that one keeps
+//! its `Content-Length`, and fails if substitution changed the length.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +20,7 @@ use super::{Checks, Stop, blocked, refuse};
 use crate::audit::Event;
 use crate::policy::Limits;
 use crate::proxy::Proxy;
-use crate::proxy::body::{self, ProxyBody, Substitute, Transformed};
+use crate::proxy::body::{self, BoxError, ProxyBody, Substitute, Transform, Transformed};
 use crate::proxy::budget::Held;
 use crate::proxy::decide::Decider;
 use crate::proxy::timeouts::{Silent, Stall, TimedOut};
@@ -35,35 +37,88 @@ pub const BODY_BUFFER_LIMIT: u64 = 8 * 1024 * 1024;
 pub(in crate::proxy) struct Outgoing {
     pub body: ProxyBody,
     pub bytes_up: Arc<AtomicU64>,
+    /// The body as it goes upstream when it was read whole (SigV4 re-signing hashes it).
+    pub whole: Option<Bytes>,
 }
 
 /// The body of the request whose head is `parts`, ready to go upstream (`Content-Length` in
-/// `parts` set to match), or the refusal.
+/// `parts` set to match), or the refusal. `keep_length`: a streamed body keeps its
+/// `Content-Length` (a SigV4 request netcage re-signs).
 pub(in crate::proxy) async fn prepare(
     proxy: &Proxy,
     parts: &mut Parts,
     incoming: Incoming,
+    keep_length: bool,
     checks: &Checks,
     event: &mut Event,
 ) -> Result<Outgoing, Stop> {
     let bytes_up = Arc::new(AtomicU64::new(0));
     let length = incoming.size_hint().exact();
     let buffered = BODY_BUFFER_LIMIT.min(proxy.bodies.bytes());
+    let mut whole = None;
     let body = if incoming.is_end_stream() {
+        whole = Some(Bytes::new());
         body::empty()
     } else if let Some(length) = length.filter(|n| *n <= buffered) {
-        read_whole(proxy, parts, incoming, length, &bytes_up, checks, event).await?
+        let (body, data) =
+            read_whole(proxy, parts, incoming, length, &bytes_up, checks, event).await?;
+        whole = Some(data);
+        body
     } else {
-        parts.headers.remove(header::CONTENT_LENGTH);
+        let exact = length.filter(|_| keep_length);
+        if exact.is_none() {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         let scan = Substitute {
             guard: checks.guard.as_ref().map(LeakSet::scanner),
             scanner: BodyScanner::new(),
             decider: checks.decider.clone(),
         };
         let incoming = Stall::new(incoming, stall(proxy), Silent::RequestBody);
-        Transformed::new(incoming, scan, bytes_up.clone()).boxed_unsync()
+        let scanned = Transformed::new(incoming, scan, bytes_up.clone());
+        match exact {
+            Some(length) => {
+                let exact = ExactLength { left: length };
+                Transformed::new(scanned, exact, Arc::default()).boxed_unsync()
+            }
+            None => scanned.boxed_unsync(),
+        }
     };
-    Ok(Outgoing { body, bytes_up })
+    Ok(Outgoing {
+        body,
+        bytes_up,
+        whole,
+    })
+}
+
+/// A streamed body sent with its `Content-Length`: fails unless it comes out exactly that
+/// long (hyper would cut a longer one short without a word).
+struct ExactLength {
+    left: u64,
+}
+
+/// Why a streamed body kept with its `Content-Length` failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body's length changed on the way (a token substituted into a body sent with its Content-Length, which a re-signed AWS request keeps)"
+)]
+struct LengthChanged;
+
+impl Transform for ExactLength {
+    fn push(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        self.left = self
+            .left
+            .checked_sub(data.len() as u64)
+            .ok_or(LengthChanged)?;
+        Ok(data)
+    }
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        if self.left == 0 {
+            Ok(Bytes::new())
+        } else {
+            Err(LengthChanged.into())
+        }
+    }
 }
 
 fn stall(proxy: &Proxy) -> std::time::Duration {
@@ -80,11 +135,12 @@ async fn read_whole(
     bytes_up: &AtomicU64,
     checks: &Checks,
     event: &mut Event,
-) -> Result<ProxyBody, Stop> {
+) -> Result<(ProxyBody, Bytes), Stop> {
     let (decider, name) = (&checks.decider, checks.name.as_str());
     let limits = &proxy.cfg.policy.limits;
     let wait = limits.body_wait_secs;
-    let Some(share) = proxy.bodies.take(length, Limits::secs(wait)).await else {
+    let exec = event.exec.as_deref();
+    let Some(share) = proxy.bodies.take(exec, length, Limits::secs(wait)).await else {
         let reason = format!(
             "limits.body_memory_mib: the {} MiB for request bodies had no room for this one ({length} bytes) within {wait} s (limits.body_wait_secs); try again later",
             limits.body_memory_mib
@@ -124,7 +180,7 @@ async fn read_whole(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Ok(Held::new(out, share).boxed_unsync())
+    Ok((Held::new(out.clone(), share).boxed_unsync(), out))
 }
 
 /// `data` with its tokens decided at `location` and substituted; empty when a token is
@@ -141,5 +197,25 @@ pub(in crate::proxy) fn scan_whole(data: Bytes, decider: &Decider, location: &st
             Bytes::from(joined)
         }
         _ => Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_kept_with_its_length_must_come_out_exactly_that_long() {
+        let exact = |n: u64, pieces: &[&'static [u8]]| {
+            let mut t = ExactLength { left: n };
+            for p in pieces {
+                t.push(Bytes::from_static(p))?;
+            }
+            t.finish()
+        };
+        assert!(exact(5, &[b"he", b"llo"]).is_ok());
+        assert!(exact(5, &[b"hello", b"!"]).is_err(), "longer");
+        assert!(exact(5, &[b"hell"]).is_err(), "shorter");
+        assert!(exact(0, &[]).is_ok());
     }
 }

@@ -24,6 +24,13 @@ pub(in crate::proxy) struct UpstreamRequest {
     pub authority: String,
 }
 
+impl UpstreamRequest {
+    /// The request as it will be sent (SigV4 re-signing signs it last).
+    pub(in crate::proxy) fn request_mut(&mut self) -> &mut Request<ProxyBody> {
+        &mut self.req
+    }
+}
+
 /// The request for `dest`: `target` (substituted) under the verified name, the head of
 /// `parts` without hop-by-hop headers (`Upgrade` kept when `upgrade`), and `body`.
 pub(in crate::proxy) fn build(

@@ -192,8 +192,15 @@ where
     let wait = crate::policy::Limits::secs(session.proxy.cfg.policy.limits.body_wait_secs);
     let meters = [Arc::new(Meter::default()), Arc::new(Meter::default())];
     let budget = &session.proxy.bodies;
-    let client = Metered::new(client, meters[0].clone(), budget.clone(), wait);
-    let upstream = Metered::new(upstream, meters[1].clone(), budget.clone(), wait);
+    let exec = session.request.exec.clone();
+    let client = Metered::new(
+        client,
+        meters[0].clone(),
+        budget.clone(),
+        exec.clone(),
+        wait,
+    );
+    let upstream = Metered::new(upstream, meters[1].clone(), budget.clone(), exec, wait);
     let client = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(config)).await;
     let (to_client, from_client) = client.split();

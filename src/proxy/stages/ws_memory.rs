@@ -96,16 +96,25 @@ pub(in crate::proxy) struct Metered<T> {
     inner: T,
     meter: Arc<Meter>,
     budget: Arc<Budget>,
+    /// The exec whose connection this is (its share of the budget is bounded).
+    exec: Option<String>,
     wait: Duration,
     taking: Option<Taking>,
 }
 
 impl<T> Metered<T> {
-    pub fn new(inner: T, meter: Arc<Meter>, budget: Arc<Budget>, wait: Duration) -> Self {
+    pub fn new(
+        inner: T,
+        meter: Arc<Meter>,
+        budget: Arc<Budget>,
+        exec: Option<String>,
+        wait: Duration,
+    ) -> Self {
         Metered {
             inner,
             meter,
             budget,
+            exec,
             wait,
             taking: None,
         }
@@ -139,7 +148,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
                 break;
             }
             drop(state);
-            this.taking = Some(Box::pin(this.budget.taking(CHUNK, this.wait)));
+            let taking = this.budget.taking(this.exec.as_deref(), CHUNK, this.wait);
+            this.taking = Some(Box::pin(taking));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
@@ -167,6 +177,7 @@ mod tests {
             reader,
             meter.clone(),
             budget.clone(),
+            None,
             Duration::from_millis(50),
         );
         let feed = tokio::spawn(async move {

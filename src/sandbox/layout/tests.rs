@@ -379,3 +379,65 @@ fn paths_are_made_absolute_without_the_filesystem() {
         "/etc/shadow"
     );
 }
+
+#[test]
+fn sealed_files_are_shown_in_place_of_the_real_ones() {
+    let t = Tree::new();
+    let netrc = t.file("home/.netrc");
+    let hosts = t.file("home/.config/gh/hosts.yml");
+    let gh = hosts.parent().unwrap().to_owned();
+    let npmrc = t.file("home/.npmrc");
+    let elsewhere = t.file("home/proj/creds/.netrc");
+    let mut input = t.input();
+    input.sealed = vec![
+        (netrc.clone(), b"machine a password T1".to_vec()),
+        (hosts.clone(), b"github.com:\n  oauth_token: T2\n".to_vec()),
+        (npmrc.clone(), b"_authToken=T3".to_vec()),
+        (elsewhere.clone(), b"machine b password T4".to_vec()),
+    ];
+    input.show = vec![npmrc.clone()];
+    let l = layout(&input);
+    assert!(has(
+        &l.ops,
+        &Op::SealedFile {
+            path: netrc.clone(),
+            contents: b"machine a password T1".to_vec()
+        }
+    ));
+    assert!(!has(
+        &l.ops,
+        &Op::HideFile {
+            path: netrc.clone()
+        }
+    ));
+    // The hidden directory becomes a tmpfs holding only the sealed file.
+    assert!(has(
+        &l.ops,
+        &Op::SealedDir {
+            path: gh.clone(),
+            files: vec![(
+                "hosts.yml".into(),
+                b"github.com:\n  oauth_token: T2\n".to_vec()
+            )]
+        }
+    ));
+    assert!(!has(&l.ops, &Op::HideDir { path: gh.clone() }));
+    // Shown after all: neither sealed nor hidden.
+    assert!(!l.ops.iter().any(
+        |op| matches!(op, Op::SealedFile { path, .. } | Op::HideFile { path } if *path == npmrc)
+    ));
+    // Asked for in a writable directory: covered, its parent pinned.
+    let creds = t.p("home/proj/creds");
+    assert!(
+        pos(&l.ops, &Op::Pin { path: creds })
+            < pos(
+                &l.ops,
+                &Op::SealedFile {
+                    path: elsewhere.clone(),
+                    contents: b"machine b password T4".to_vec()
+                }
+            )
+    );
+    assert_eq!(l.sealed.len(), 3, "{:?}", l.sealed);
+    assert!(l.hidden.contains(&gh) && !l.hidden.contains(&netrc));
+}
