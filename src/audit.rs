@@ -46,6 +46,16 @@ pub struct Event {
     /// The exec (or run) whose process made the connection (DESIGN: serve, library).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec: Option<String>,
+    /// The process that opened the connection (host pid), its thread's name, its uid and,
+    /// while it lived, its executable: from the eBPF program, when it is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1291,6 +1291,78 @@ fn a_command_in_another_sandbox_cannot_use_the_socket() {
     );
 }
 
+/// As root the eBPF program names each connection's process, and each exec's cgroup names
+/// the exec: a curl double-forked with `setsid` (whose lineage and session lead nowhere) and
+/// a curl that is the exec itself and exits at once, while another exec runs.
+#[test]
+fn as_root_each_connection_names_its_process_and_exec() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the eBPF program loads only as root");
+        return;
+    }
+    let serve = Serve::start(Mode::Root, "5", &[]);
+    let (_other, _) = background_sleep(&serve);
+    let daemon = format!(
+        "(setsid sh -c '{} -o /dev/null; echo done > /tmp/daemon.out' &)\n\
+         i=0; while [ ! -s /tmp/daemon.out ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done\n\
+         test -s /tmp/daemon.out",
+        serve.curl(HOST, "/ebpf-daemon")
+    );
+    succeeded(&serve.sh(&daemon, &[]));
+    let short = serve.exec(
+        &[],
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            &serve.up.url(HOST, "/ebpf-short"),
+        ],
+    );
+    succeeded(&short);
+    for (path, started) in [("/ebpf-daemon", "setsid"), ("/ebpf-short", "/ebpf-short")] {
+        let start = serve.wait_audit("the exec's start", |l| {
+            field(l, "method") == "start" && field(l, "path").contains(started)
+        });
+        let line = serve.wait_audit("the request", |l| {
+            field(l, "kind") == "request" && field(l, "path") == path
+        });
+        assert_eq!(line["exec"], start["exec"], "{path}: {line}");
+        assert_eq!(line["comm"], "curl", "{line}");
+        assert_eq!(line["uid"], 0, "{line}");
+        assert!(line["pid"].as_u64().is_some_and(|p| p > 1), "{line}");
+    }
+    assert!(
+        !serve.log_text().contains("eBPF program is not loaded"),
+        "{}",
+        serve.log_text()
+    );
+}
+
+/// Rootless, the eBPF program cannot be loaded: serve says so once and attributes through
+/// the sandbox's /proc, and its audit lines name no process.
+#[test]
+fn rootless_falls_back_to_proc_and_says_so_once() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the rootless serve is started as uid {UID} from root");
+        return;
+    }
+    let serve = Serve::start(Mode::Rootless, "5", &[]);
+    let out = serve.sh(
+        &format!("{} -o /dev/null", serve.curl(HOST, "/rootless")),
+        &[],
+    );
+    succeeded(&out);
+    let line = serve.wait_audit("the request", |l| {
+        field(l, "kind") == "request" && field(l, "path") == "/rootless"
+    });
+    assert!(line.get("pid").is_none(), "{line}");
+    assert!(line["exec"].as_str().is_some(), "{line}");
+    let log = serve.log_text();
+    let said = "the eBPF program is not loaded (loading eBPF needs root";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+}
+
 /// Holds `argv[2]` uploads to `argv[1]` (host:port) open, each announcing 1 MiB and sending all
 /// but its last byte; after a few seconds prints how many got which answer, then holds on.
 const HOLD_UPLOADS: &str = r#"

@@ -101,6 +101,8 @@ pub struct Sandbox {
     next: AtomicU64,
     prefix: String,
     view: crate::sandbox::layout::Layout,
+    /// The namespace the eBPF program records connections of, while it does.
+    watched: Option<crate::sandbox::bpf::Watched>,
 }
 
 impl Sandbox {
@@ -219,6 +221,9 @@ impl Drop for Sandbox {
         self.proxy.shutdown();
         // Closing the stop pipe ends the NFLOG reader.
         lock(&self.nflog).take();
+        if let (Some(watched), Some(tracker)) = (self.watched, crate::sandbox::bpf::loaded()) {
+            tracker.unwatch(watched);
+        }
         // init kills everything on a shutdown with no grace; reap the holder on a thread of
         // its own (it exits right after init).
         if let Some(mut holder) = lock(&self.holder).take() {
@@ -444,6 +449,7 @@ impl SandboxBuilder {
             netcage,
             prefix: self.exec_prefix,
             write: self.write,
+            process_attribution: true,
             seal_files: self.seal_files,
         };
         let (started, launched) = tokio::task::spawn_blocking(move || {
@@ -477,6 +483,10 @@ pub struct Started {
     /// Writable besides the working directory (`--write`; `[files] write` comes from the
     /// policy).
     pub write: Vec<PathBuf>,
+    /// Name the process of each connection with the eBPF program (root only; loading it costs
+    /// tens of milliseconds once per netcage process). Without it, or when it cannot be
+    /// loaded, connections are attributed through the sandbox's /proc.
+    pub process_attribution: bool,
     /// Credential files to show sealed besides the built-in ones (`--seal-file PATH[=FORMAT]`;
     /// `[files] seal` comes from the policy).
     pub seal_files: Vec<String>,
@@ -530,8 +540,8 @@ impl Started {
         cfg.aws.extend(launched.sealed_aws);
         let proxy = Proxy::new(cfg).map_err(|e| Error(e.to_string()))?;
         let attribution = execs.clone();
-        proxy.set_attribution(Arc::new(move |peer, proto| {
-            Box::pin(attribution.exec_of(peer, proto))
+        proxy.set_attribution(Arc::new(move |peer, proto, process| {
+            Box::pin(attribution.exec_of(peer, proto, process.as_deref()))
         }));
         let mut tasks = Vec::new();
         let names = Arc::new(SyntheticNames::default());
@@ -540,6 +550,18 @@ impl Started {
             proxy.cfg.policy.limits.dns_queries_per_sec,
         ));
         let sockets = launched.sockets;
+        let watched = match (self.process_attribution, sockets.tcp.first()) {
+            (true, Some(listener)) => crate::sandbox::bpf::tracker()
+                .ok()
+                .and_then(|t| t.watch(std::os::fd::AsFd::as_fd(listener), 0).ok()),
+            _ => None,
+        };
+        // Each exec in a cgroup of its own, which the program records at each connect.
+        if let Some(tracker) = watched.and(crate::sandbox::bpf::loaded())
+            && let Ok(cgroups) = crate::sandbox::cgroups::ExecCgroups::new(&tracker.cgroup)
+        {
+            execs.use_cgroups(cgroups);
+        }
         let io = |e: std::io::Error| Error(format!("sandbox socket: {e}"));
         for l in sockets.tcp {
             deepen_backlog(&l);
@@ -596,6 +618,7 @@ impl Started {
             next: AtomicU64::new(1),
             prefix: self.prefix,
             view: launched.view,
+            watched,
         })
     }
 }

@@ -407,7 +407,18 @@ pub fn sandbox_config(
         netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
         prefix: prefix.into(),
         write: resolved.write,
+        process_attribution: false,
         seal_files: resolved.seal_files,
+    }
+}
+
+/// After the eBPF program was asked for: one line when connections are attributed through
+/// /proc instead, and why.
+pub fn report_attribution() {
+    if let Some(why) = netcage::sandbox::bpf::failure() {
+        eprintln!(
+            "netcage: audit lines name no process (pid, comm, uid): the eBPF program is not loaded ({why}); connections are attributed to execs through the sandbox's /proc"
+        );
     }
 }
 

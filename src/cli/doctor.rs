@@ -48,6 +48,16 @@ pub fn doctor() -> anyhow::Result<u8> {
             "impossible: needs root (CAP_NET_ADMIN) or unprivileged user namespaces, and Linux 5.12+"
         }
     );
+    match netcage::sandbox::bpf::tracker() {
+        Ok(t) => println!(
+            "process attribution:              eBPF (sockops on {}, loaded in {} ms): audit lines name each connection's pid, comm, uid (serve, proxy, run --attribute)",
+            t.cgroup.display(),
+            t.load_time.as_millis()
+        ),
+        Err(why) => println!(
+            "process attribution:              /proc scan (the eBPF program is not loaded: {why}): audit lines name the exec only"
+        ),
+    }
     println!(
         "Tier 0 (env):                     available (proxy variables only; programs can bypass it)"
     );

@@ -193,6 +193,10 @@ pub struct RunArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub env: EnvArgs,
+    /// Name the process (pid, comm, uid, exe) of each connection in the audit log with
+    /// netcage's eBPF program (Tier 1, root; loading it adds tens of milliseconds to the start)
+    #[arg(long)]
+    pub attribute: bool,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,

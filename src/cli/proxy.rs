@@ -41,6 +41,12 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
             .await
             .with_context(|| format!("cannot listen on {} (choose another with --listen)", args.listen))?;
         let addr = listener.local_addr()?;
+        // The processes connecting to this port (in this network namespace) are named in the
+        // audit lines when the eBPF program loads (root).
+        if let Ok(tracker) = netcage::sandbox::bpf::tracker() {
+            let _ = tracker.watch(std::os::fd::AsFd::as_fd(&listener), addr.port());
+        }
+        super::config::report_attribution();
         eprintln!(
             "netcage: proxy listening on {addr}; point clients at it with HTTPS_PROXY=http://{addr} HTTP_PROXY=http://{addr} and trust {} (SSL_CERT_FILE)",
             bundle.display()

@@ -55,7 +55,9 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let signals = netcage_signals();
     signals.thread_block().context("cannot block signals")?;
     let learn = resolved.learn.clone();
-    let started = sandbox_config(&args.key, resolved, &args.env, None, "run");
+    let mut started = sandbox_config(&args.key, resolved, &args.env, None, "run");
+    started.process_attribution = args.attribute;
+    let attribute = args.attribute;
     let launched = started.launch();
     match (launched, args.tier) {
         (Ok(launched), _) => {
@@ -69,6 +71,9 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
             let rt = runtime()?;
             let code = rt.block_on(async move {
                 let sandbox = started.into_sandbox(launched)?;
+                if attribute {
+                    super::config::report_attribution();
+                }
                 report_removed(sandbox.removed_env());
                 run_netns_tier(sandbox, &args.command, signals).await
             });
@@ -256,7 +261,7 @@ async fn run_env_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let proxy = Proxy::new(resolved.proxy)?;
     // Every connection to this proxy comes from the one command (or something it started).
     let run_id = format!("run-{}", std::process::id());
-    proxy.set_attribution(Arc::new(move |_, _| {
+    proxy.set_attribution(Arc::new(move |_, _, _| {
         Box::pin(std::future::ready(Some(run_id.clone())))
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

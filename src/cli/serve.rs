@@ -31,13 +31,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let learn = resolved.learn.clone();
     let listener = bind_socket(&args.socket)?;
     let socket_path = std::fs::canonicalize(&args.socket).unwrap_or(args.socket.clone());
-    let started = sandbox_config(
+    let mut started = sandbox_config(
         &args.key,
         resolved,
         &args.env,
         Some(socket_path.clone()),
         "exec",
     );
+    started.process_attribution = true;
     let result = match started.launch() {
         Ok(launched) => {
             let how = if detect::quick() {
@@ -58,6 +59,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
                 .context("cannot start the async runtime")?
                 .block_on(async move {
                     let sandbox = Arc::new(started.into_sandbox(launched)?);
+                    super::config::report_attribution();
                     report_removed(sandbox.removed_env());
                     run(sandbox, listener, &socket_path, grace).await
                 })

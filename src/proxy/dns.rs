@@ -469,7 +469,7 @@ fn log_attributed(proxy: &Arc<Proxy>, dns: &Resolver, answered: Answered, peer: 
         log(proxy, &answered, None, Some(peer));
         return;
     }
-    let mut exec = proxy.exec_of(peer, Proto::Udp);
+    let mut exec = proxy.exec_of(peer, Proto::Udp, None);
     // Usually known at once (one exec running): logged in order, no task.
     match exec.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(exec) => log(proxy, &answered, exec, Some(peer)),

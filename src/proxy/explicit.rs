@@ -83,9 +83,11 @@ async fn handle_conn(
         return;
     };
     let exec = admitted.exec.clone();
+    let process = admitted.process.clone();
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
         event.exec = exec.clone();
+        super::name_process(&mut event, process.as_deref());
         event.client = Some(client.to_string());
         event.host = host;
         event.reason = Some(reason);
@@ -146,6 +148,7 @@ async fn handle_conn(
             let conn = ConnInfo {
                 client,
                 exec,
+                process: process.clone(),
                 target_host: Some(host),
                 port,
                 sni: None,
@@ -157,6 +160,7 @@ async fn handle_conn(
             let conn = ConnInfo {
                 client,
                 exec,
+                process: process.clone(),
                 target_host: None,
                 port: 80,
                 sni: None,

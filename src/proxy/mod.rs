@@ -58,7 +58,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::CertificateDer;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Event};
 use crate::ca::Ca;
 use crate::policy::Policy;
 use crate::token::Key;
@@ -102,9 +102,13 @@ pub struct Proxy {
 }
 
 /// Names the exec a connection (or, for `Proto::Udp`, a DNS query) came from, by the peer
-/// address the proxy saw. The answer may take a look into the sandbox's /proc, so it comes
-/// as a future.
-pub type Attribution = Arc<dyn Fn(SocketAddr, Proto) -> ExecLookup + Send + Sync>;
+/// address the proxy saw and, when the eBPF program saw the connect, the connecting
+/// process. The answer may take a look into the sandbox's /proc, so it comes as a future.
+pub type Attribution = Arc<
+    dyn Fn(SocketAddr, Proto, Option<Arc<crate::sandbox::bpf::Process>>) -> ExecLookup
+        + Send
+        + Sync,
+>;
 
 /// The exec an [`Attribution`] names, once known.
 pub type ExecLookup = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
@@ -180,9 +184,14 @@ impl Proxy {
     }
 
     /// The exec a peer belongs to, if attribution is set up.
-    pub(crate) fn exec_of(&self, peer: SocketAddr, proto: Proto) -> ExecLookup {
+    pub(crate) fn exec_of(
+        &self,
+        peer: SocketAddr,
+        proto: Proto,
+        process: Option<Arc<crate::sandbox::bpf::Process>>,
+    ) -> ExecLookup {
         match self.attribution.get() {
-            Some(f) => f(peer, proto),
+            Some(f) => f(peer, proto, process),
             None => Box::pin(std::future::ready(None)),
         }
     }
@@ -190,6 +199,16 @@ impl Proxy {
     /// Whether connections are attributed to execs (and so capped per exec).
     pub(crate) fn attributes(&self) -> bool {
         self.attribution.get().is_some()
+    }
+}
+
+/// Puts the process that opened a connection into its audit line.
+pub(crate) fn name_process(event: &mut Event, process: Option<&crate::sandbox::bpf::Process>) {
+    if let Some(p) = process {
+        event.pid = Some(p.pid);
+        event.comm = Some(p.comm.clone());
+        event.uid = Some(p.uid);
+        event.exe = p.exe.clone();
     }
 }
 
@@ -207,6 +226,8 @@ pub(crate) struct ConnInfo {
     pub client: SocketAddr,
     /// The exec that opened the connection (audit lines carry it).
     pub exec: Option<String>,
+    /// The process that opened it, when the eBPF program saw the connect.
+    pub process: Option<Arc<crate::sandbox::bpf::Process>>,
     /// The host the client asked for at the connection level (CONNECT authority or the
     /// original destination's name), if any.
     pub target_host: Option<String>,

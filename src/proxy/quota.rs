@@ -105,6 +105,8 @@ impl Drop for Slot {
 /// open).
 pub struct Admitted {
     pub exec: Option<String>,
+    /// The process that opened it, when the eBPF program saw the connect.
+    pub process: Option<Arc<crate::sandbox::bpf::Process>>,
     _slot: Option<Slot>,
 }
 
@@ -118,17 +120,20 @@ pub async fn admit(
     client: SocketAddr,
     ticket: Ticket,
 ) -> Option<Admitted> {
+    let process = crate::sandbox::bpf::process_of(stream).map(Arc::new);
     if !proxy.attributes() {
         return Some(Admitted {
             exec: None,
+            process,
             _slot: None,
         });
     }
-    let exec = proxy.exec_of(client, Proto::Tcp).await;
+    let exec = proxy.exec_of(client, Proto::Tcp, process.clone()).await;
     drop(ticket);
     if let Some(slot) = proxy.connections.take(exec.as_deref()) {
         return Some(Admitted {
             exec,
+            process,
             _slot: Some(slot),
         });
     }
@@ -139,6 +144,7 @@ pub async fn admit(
     };
     let mut event = Event::new("connection", "block");
     event.exec = exec;
+    super::name_process(&mut event, process.as_deref());
     event.client = Some(client.to_string());
     event.reason = Some(format!(
         "{who} {} connections open, the most [limits] connections_per_exec allows: reset",

@@ -35,6 +35,7 @@ pub async fn handle(
     let started = Instant::now();
     let mut event = Event::new("request", "allow");
     event.exec = conn.exec.clone();
+    super::name_process(&mut event, conn.process.as_deref());
     event.client = Some(conn.client.to_string());
     event.sni = conn.sni.clone();
     event.method = Some(req.method().to_string());

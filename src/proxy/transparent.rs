@@ -58,10 +58,12 @@ async fn handle(
         return;
     };
     let exec = admitted.exec.clone();
+    let process = admitted.process.clone();
     let Some(dst) = original_dst(&stream) else {
         let conn = ConnInfo {
             client,
             exec,
+            process,
             target_host: None,
             port: 443,
             sni: None,
@@ -77,6 +79,7 @@ async fn handle(
         None if SyntheticNames::is_synthetic(dst.ip()) => {
             let mut event = Event::new("connection", "block");
             event.exec = exec;
+            super::name_process(&mut event, process.as_deref());
             event.client = Some(client.to_string());
             event.dst = Some(dst.to_string());
             event.reason = Some("synthetic address that netcage's DNS never handed out".into());
@@ -91,6 +94,7 @@ async fn handle(
     let conn = ConnInfo {
         client,
         exec,
+        process,
         target_host: Some(target_host),
         port: dst.port(),
         sni: None,

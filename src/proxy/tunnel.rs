@@ -34,6 +34,7 @@ const HTTP_METHODS: &[&[u8]] = &[
 fn connection_event(conn: &ConnInfo, decision: &'static str, reason: String) -> Event {
     let mut event = Event::new("connection", decision);
     event.exec = conn.exec.clone();
+    super::name_process(&mut event, conn.process.as_deref());
     event.client = Some(conn.client.to_string());
     event.host = conn.target_host.clone();
     event.dst = conn

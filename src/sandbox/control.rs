@@ -68,6 +68,9 @@ pub struct Spawn {
     /// Which of stdin, stdout, stderr come with the message (in that order); the others are
     /// /dev/null.
     pub stdio: [bool; 3],
+    /// The exec's cgroup.procs comes last with the message: the command moves itself into
+    /// that cgroup before it execs (see `cgroups`).
+    pub cgroup: bool,
 }
 
 impl Spawn {

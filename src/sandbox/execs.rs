@@ -47,6 +47,13 @@ struct State {
     running: BTreeMap<u64, ExecInfo>,
     /// Sandbox pid of each running exec → its id.
     by_pid: HashMap<i32, u64>,
+    /// Cgroup id → the exec whose cgroup it is (see `cgroups`), while the cgroup exists: an
+    /// exec that has exited keeps its entry while processes it left are in it.
+    by_cgroup: HashMap<u64, String>,
+    /// Exec id → its cgroup (id, directory), until the directory is removed.
+    cgroups: HashMap<u64, (u64, std::path::PathBuf)>,
+    /// Execs that have exited whose cgroup still holds processes.
+    lingering: Vec<u64>,
     /// The sandbox is gone (its init exited or the channel broke).
     dead: bool,
 }
@@ -72,6 +79,8 @@ pub struct Execs {
     lookups: Arc<Lookups>,
     /// Turns true once the sandbox is gone.
     gone: watch::Receiver<bool>,
+    /// One cgroup per exec, when the eBPF program is loaded.
+    exec_cgroups: std::sync::OnceLock<super::cgroups::ExecCgroups>,
 }
 
 /// A command started in the sandbox.
@@ -117,7 +126,13 @@ impl Execs {
             next: AtomicU64::new(1),
             lookups,
             gone,
+            exec_cgroups: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Starts each exec from now on in a cgroup of its own (see `cgroups`).
+    pub fn use_cgroups(&self, cgroups: super::cgroups::ExecCgroups) {
+        let _ = self.exec_cgroups.set(cgroups);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -141,7 +156,14 @@ impl Execs {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         spawn.id = id;
         spawn.stdio = stdio.map(|fd| fd.is_some());
-        let fds: Vec<RawFd> = stdio.into_iter().flatten().collect();
+        let mut fds: Vec<RawFd> = stdio.into_iter().flatten().collect();
+        // Its cgroup (the command moves itself in before it execs); without one, it stays in
+        // init's and its connections are told apart by lineage.
+        let cgroup = self.exec_cgroups.get().and_then(|c| c.create(id).ok());
+        if let Some(cgroup) = &cgroup {
+            fds.push(std::os::fd::AsRawFd::as_raw_fd(&cgroup.procs));
+            spawn.cgroup = true;
+        }
         let (started_tx, started_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
         let (stops_tx, stops_rx) = mpsc::unbounded_channel();
@@ -157,6 +179,10 @@ impl Execs {
             if state.dead {
                 return Err("the sandbox is gone".into());
             }
+            if let Some(cgroup) = &cgroup {
+                state.by_cgroup.insert(cgroup.id, exec.clone());
+                state.cgroups.insert(id, (cgroup.id, cgroup.dir.clone()));
+            }
             state.waiting.insert(
                 id,
                 Waiting {
@@ -167,8 +193,12 @@ impl Execs {
                 },
             );
         }
-        if let Err(e) = self.send(&ToSandbox::Spawn(spawn), &fds) {
-            self.lock().waiting.remove(&id);
+        let sent = self.send(&ToSandbox::Spawn(spawn), &fds);
+        drop(cgroup);
+        if let Err(e) = sent {
+            let mut state = self.lock();
+            state.waiting.remove(&id);
+            forget_cgroup(&mut state, id);
             return Err(format!("cannot reach the sandbox: {e}"));
         }
         match started_rx.await {
@@ -221,7 +251,11 @@ impl Execs {
     }
 
     /// The exec a connection (TCP) or datagram (UDP) from `peer` inside the sandbox belongs
-    /// to: the only one running, or else the one whose session holds the socket. A command
+    /// to: the only one running, or else the one whose session holds the socket. When the
+    /// eBPF program saw the connect, `process` is the connecting process: its cgroup names
+    /// the exec (each has its own, when they could be made), else its lineage is read from
+    /// its pid and the socket tables are not searched (the search remains for a process gone
+    /// before the lookup). A command
     /// can connect before its start has reached us: while an exec is being started and the
     /// socket's owner is not found, the lookup waits (up to [`PENDING_WAIT`]) for the reader.
     ///
@@ -232,8 +266,14 @@ impl Execs {
         &self,
         peer: SocketAddr,
         proto: Proto,
+        process: Option<&super::bpf::Process>,
     ) -> impl std::future::Future<Output = Option<String>> + Send + 'static {
-        let answer = match quick_answer(&self.lock()) {
+        let pid = process.and_then(|p| p.sandbox_pid);
+        let state = self.lock();
+        let by_cgroup = process.and_then(|p| state.by_cgroup.get(&p.cgroup).cloned());
+        let quick = by_cgroup.map(Some).or_else(|| quick_answer(&state));
+        drop(state);
+        let answer = match quick {
             Some(known) => Ok(known),
             None => {
                 let (reply, answer) = oneshot::channel();
@@ -241,6 +281,7 @@ impl Execs {
                 queue.waiting.push(Lookup {
                     peer,
                     proto,
+                    pid,
                     deadline: Instant::now() + PENDING_WAIT,
                     reply,
                 });
@@ -281,6 +322,8 @@ fn fallback(state: &State) -> Option<String> {
 struct Lookup {
     peer: SocketAddr,
     proto: Proto,
+    /// The connecting process in the sandbox's namespace, from the eBPF program.
+    pid: Option<i32>,
     /// How long it may wait for an exec being started.
     deadline: Instant,
     reply: oneshot::Sender<Option<String>>,
@@ -351,8 +394,7 @@ fn lookup_loop(lookups: &Lookups, shared: &Shared, owners: &Owners) {
         if scan.is_empty() {
             continue;
         }
-        let wanted: Vec<(SocketAddr, Proto)> = scan.iter().map(|l| (l.peer, l.proto)).collect();
-        let lineages = owners.lineages_of(&wanted);
+        let lineages = lineages(owners, &scan);
         let state = lock();
         let pending = state.waiting.values().any(|w| w.started.is_some());
         let now = Instant::now();
@@ -368,6 +410,40 @@ fn lookup_loop(lookups: &Lookups, shared: &Shared, owners: &Owners) {
                 let _ = lookup.reply.send(fallback(&state));
             }
         }
+    }
+}
+
+/// The lineage of each lookup's process: read from its pid when the eBPF program named it
+/// (and the sandbox's /proc still shows it), else found by its socket (one scan for all).
+fn lineages(owners: &Owners, scan: &[Lookup]) -> Vec<Vec<i32>> {
+    let mut out: Vec<Vec<i32>> = scan
+        .iter()
+        .map(|l| {
+            l.pid
+                .map(|pid| owners.lineage_from(pid))
+                .filter(|lineage| lineage.len() > 1)
+                .unwrap_or_default()
+        })
+        .collect();
+    let searched: Vec<usize> = (0..scan.len()).filter(|&i| out[i].is_empty()).collect();
+    if searched.is_empty() {
+        return out;
+    }
+    let wanted: Vec<(SocketAddr, Proto)> = searched
+        .iter()
+        .map(|&i| (scan[i].peer, scan[i].proto))
+        .collect();
+    for (i, lineage) in searched.into_iter().zip(owners.lineages_of(&wanted)) {
+        out[i] = lineage;
+    }
+    out
+}
+
+/// Drops what is known of exec `id`'s cgroup (removed, or never used).
+fn forget_cgroup(state: &mut State, id: u64) {
+    if let Some((cgroup, dir)) = state.cgroups.remove(&id) {
+        state.by_cgroup.remove(&cgroup);
+        super::cgroups::remove(&dir);
     }
 }
 
@@ -408,6 +484,7 @@ fn read_loop(sock: &OwnedFd, shared: &Shared, gone: watch::Sender<bool>) {
                 }
             }
             FromSandbox::SpawnFailed { id, error } => {
+                forget_cgroup(&mut state, id);
                 if let Some(mut w) = state.waiting.remove(&id)
                     && let Some(tx) = w.started.take()
                 {
@@ -422,6 +499,19 @@ fn read_loop(sock: &OwnedFd, shared: &Shared, gone: watch::Sender<bool>) {
             FromSandbox::Exited { id, status } => {
                 if let Some(info) = state.running.remove(&id) {
                     state.by_pid.remove(&info.pid);
+                }
+                // Its cgroup goes once nothing it started is left in it.
+                state.lingering.push(id);
+                let lingering = std::mem::take(&mut state.lingering);
+                for exec in lingering {
+                    let gone = state
+                        .cgroups
+                        .get(&exec)
+                        .is_none_or(|(_, dir)| super::cgroups::remove(dir));
+                    match gone {
+                        true => forget_cgroup(&mut state, exec),
+                        false => state.lingering.push(exec),
+                    }
                 }
                 if let Some(mut w) = state.waiting.remove(&id)
                     && let Some(tx) = w.exited.take()

@@ -446,6 +446,12 @@ fn start(
     };
     let tty_index = tty.as_ref().and(req.tty).map(i32::from);
     let foreground = req.foreground;
+    let mut fds = fds;
+    let cgroup = match req.cgroup {
+        true => fds.pop(),
+        false => None,
+    };
+    let cgroup_fd = cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     let mut fds = fds.into_iter();
     let mut stdio = Vec::with_capacity(3);
     for present in req.stdio {
@@ -481,11 +487,17 @@ fn start(
     let reset_signals = new_session && !req.keep_ignored;
     let rtmax = nix::libc::SIGRTMAX();
     // SAFETY: init is single-threaded; the closure runs in the forked command before exec and
-    // only changes that process's own signal mask, session or group, terminal foreground,
-    // capabilities, keyring, Landlock domain and prctl flags.
+    // only changes that process's own cgroup (a write to a descriptor kept open until after
+    // the fork), signal mask, session or group, terminal foreground, capabilities, keyring,
+    // Landlock domain and prctl flags.
     unsafe {
         cmd.pre_exec(move || {
             prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if let Some(fd) = cgroup_fd {
+                // Into the exec's own cgroup (what names it to the eBPF program); a failure
+                // leaves it where init is, and attribution falls back to its lineage.
+                let _ = nix::unistd::write(std::os::fd::BorrowedFd::borrow_raw(fd), b"0");
+            }
             if new_session {
                 nix::unistd::setsid().map_err(std::io::Error::from)?;
             }
@@ -544,6 +556,7 @@ fn start(
             drop(status_write);
             // The command's stdio descriptors (in `cmd`) close here; the child has its own.
             drop(cmd);
+            drop(cgroup);
             Ok((child, tty, status_read))
         }
         Err(e) => Err(format!("fork: {e}")),

@@ -6,8 +6,10 @@
 //! the proxy through `fdpass`; its init then starts commands on request (`control` is the
 //! protocol, `execs` the proxy side's client, `owner` tells which exec opened a connection).
 
+pub mod bpf;
 mod build;
 mod caps;
+pub mod cgroups;
 pub mod control;
 pub mod credentials;
 pub mod detect;

@@ -57,7 +57,9 @@ impl Owners {
             .collect()
     }
 
-    fn lineage_from(&self, pid: i32) -> Vec<i32> {
+    /// `pid` (in the sandbox's namespace), its ancestors, and last its session id, as far as
+    /// the sandbox's /proc still shows them (a zombie's too).
+    pub fn lineage_from(&self, pid: i32) -> Vec<i32> {
         let mut lineage = vec![pid];
         let mut session = None;
         let mut current = pid;

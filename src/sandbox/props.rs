@@ -156,6 +156,7 @@ fn spawn() -> impl Strategy<Value = Spawn> {
             foreground: flags.1,
             keep_ignored: flags.2,
             stdio,
+            cgroup: flags.3,
         })
 }
 
