@@ -12,6 +12,7 @@
 //! - [`aws`]: `--seal-aws`: real AWS keys, their stand-ins for the command, profile reading.
 //! - [`credfiles`]: credential files (`~/.git-credentials`, `~/.npmrc`, …) rewritten with
 //!   tokens in place of their secrets, one small rewriter per format (pure).
+//! - [`vault`]: the Starpod vault (`vault.db`) read-only, its entries decrypted for `--vault`.
 //! - [`env`]: the command's environment: sealed values replaced by tokens, credential-named
 //!   variables and agent sockets withheld (pure).
 //! - [`audit`]: audit events and the JSONL sink.

@@ -11,14 +11,15 @@
 //! stages/      host.rs (host decision, egress policy), head.rs (guard, tokens in headers and
 //!              target), request_body.rs, reflect.rs (the connection's substituted values),
 //!              send.rs (the upstream call), upgrade.rs (after a 101), websocket.rs (messages
-//!              after a WebSocket 101), response.rs (redaction)
+//!              after a WebSocket 101), ws_memory.rs (messages being reassembled, charged to
+//!              the body budget), response.rs (redaction)
 //! sigv4/       SigV4 requests signed with a stand-in key (`--seal-aws`), re-signed with the real key
 //! decide.rs    the per-token decision (substitute / block / strip / keep) and its record
 //! guard.rs     the leak guard: real values in a request, refused for hosts not theirs
 //! body.rs      streamed request/response bodies through the scanner and the redactor
 //! grpc.rs      gRPC responses redacted message by message (length prefixes rewritten)
 //! decode.rs    compressed responses decoded (streamed) for the redactor, or refused
-//! budget.rs    the memory budget shared by every request body read whole
+//! budget.rs    the memory budget shared by every request body read whole (half at most per exec)
 //! timeouts.rs  `[limits]` timeouts: request head, idle keep-alive, stalled bodies, raw relays
 //! upstream.rs  the pooled, certificate-verifying client and `--resolve` pins
 //! respond.rs   errors become HTTP responses here, in one place
