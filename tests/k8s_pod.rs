@@ -251,45 +251,27 @@ node, tcp_port, udp_port, secret_file, node6 = sys.argv[1], int(sys.argv[2]), in
 def err(e):
     return errno.errorcode.get(e.errno, str(e)) if getattr(e, "errno", None) else type(e).__name__
 out = {}
-# TCP straight to the node (the rules send it to the sidecar, which refuses the address).
-try:
-    s = socket.create_connection((node, tcp_port), timeout=3)
-    s.sendall(b"DIRECT-TCP\n")
-    s.settimeout(3)
+# TCP straight to the node (the rules send it to the sidecar, which refuses the address), and
+# UDP (the recorder echoes what it gets); over IPv4 and IPv6.
+for suffix, addr, family in (("", node, socket.AF_INET), ("6", node6, socket.AF_INET6)):
     try:
-        out["tcp"] = "recv:" + s.recv(100).decode(errors="replace")
+        s = socket.create_connection((addr, tcp_port), timeout=3)
+        s.sendall(b"DIRECT-TCP" + suffix.encode() + b"\n")
+        s.settimeout(3)
+        try:
+            out["tcp" + suffix] = "recv:" + s.recv(100).decode(errors="replace")
+        except OSError as e:
+            out["tcp" + suffix] = "recv:" + err(e)
+        s.close()
     except OSError as e:
-        out["tcp"] = "recv:" + err(e)
-    s.close()
-except OSError as e:
-    out["tcp"] = err(e)
-# UDP: the recorder echoes what it gets.
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    s.sendto(b"DIRECT-UDP", (node, udp_port))
-    out["udp"] = "reply:" + s.recvfrom(100)[0].decode()
-except OSError as e:
-    out["udp"] = err(e)
-# The same over IPv6.
-try:
-    s = socket.create_connection((node6, tcp_port), timeout=3)
-    s.sendall(b"DIRECT-TCP6\n")
-    s.settimeout(3)
+        out["tcp" + suffix] = err(e)
     try:
-        out["tcp6"] = "recv:" + s.recv(100).decode(errors="replace")
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.sendto(b"DIRECT-UDP" + suffix.encode(), (addr, udp_port))
+        out["udp" + suffix] = "reply:" + s.recvfrom(100)[0].decode()
     except OSError as e:
-        out["tcp6"] = "recv:" + err(e)
-    s.close()
-except OSError as e:
-    out["tcp6"] = err(e)
-try:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    s.sendto(b"DIRECT-UDP6", (node6, udp_port))
-    out["udp6"] = "reply:" + s.recvfrom(100)[0].decode()
-except OSError as e:
-    out["udp6"] = err(e)
+        out["udp" + suffix] = err(e)
 # DNS to the node's resolver, UDP and TCP (the rules send both to the sidecar).
 q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + struct.pack(">HH", 1, 1)
 try:

@@ -252,15 +252,7 @@ pub fn sidecar(args: ProxyCmdArgs) -> anyhow::Result<u8> {
             served.join(", "),
             bundle.display()
         );
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => { s.recv().await; }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
+        super::proxy::stopped().await;
         if let Some(ready) = &ready {
             let _ = std::fs::remove_file(ready);
         }
@@ -271,9 +263,5 @@ pub fn sidecar(args: ProxyCmdArgs) -> anyhow::Result<u8> {
         Ok(0)
     });
     drop(runtime);
-    audit.flush();
-    if let (Ok(_), Some(learn)) = (&result, learn) {
-        learn.finish()?;
-    }
-    result
+    super::proxy::finish(result, &audit, learn)
 }

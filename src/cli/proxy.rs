@@ -53,18 +53,38 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
         );
         tokio::select! {
             _ = serve_explicit(proxy.clone(), listener) => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut s) => { s.recv().await; }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            } => {}
+            () = stopped() => {}
         }
         proxy.shutdown();
         Ok(0)
     });
     drop(runtime);
+    finish(result, &audit, learn)
+}
+
+/// Until SIGINT or SIGTERM.
+pub async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// After the proxy's runtime is gone: the audit log flushed, then `--learn`'s policy written
+/// (when the run went well).
+pub fn finish(
+    result: anyhow::Result<u8>,
+    audit: &netcage::audit::AuditLog,
+    learn: Option<super::learn::Learning>,
+) -> anyhow::Result<u8> {
     audit.flush();
     if let (Ok(_), Some(learn)) = (&result, learn) {
         learn.finish()?;
