@@ -188,10 +188,7 @@ pub fn sidecar(args: ProxyCmdArgs) -> anyhow::Result<u8> {
         Some(path) => write_public(path, lines.as_bytes())?,
         None => print!("{lines}"),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime()?;
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
     let (port, dns_port, ready) = (args.port, args.dns_port, args.ready_file.clone());

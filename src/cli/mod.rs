@@ -25,6 +25,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[error("{0}")]
 pub struct InputError(pub String);
 
+/// The multi-threaded runtime of `run`, `serve`, `proxy` and the sidecar.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 pub fn input_error(msg: impl Into<String>) -> anyhow::Error {
     InputError(msg.into()).into()
 }

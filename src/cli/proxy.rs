@@ -29,10 +29,7 @@ pub fn proxy(args: ProxyCmdArgs) -> anyhow::Result<u8> {
     for sealed in &resolved.sealed_env {
         println!("{}={}", sealed.name, sealed.token);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime()?;
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
     let result = runtime.block_on(async move {

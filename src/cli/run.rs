@@ -46,7 +46,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     if args.tier == Tier::Env {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
         super::config::tier0_files_note(&resolved);
-        return runtime()?.block_on(run_env_tier(args, resolved));
+        return super::runtime()?.block_on(run_env_tier(args, resolved));
     }
     // From here on the forwarded signals (and the terminal's SIGINT/SIGQUIT) stay blocked in
     // every thread of netcage, the runtime's included (they inherit this mask): one thread
@@ -68,7 +68,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
             };
             eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
             report_view(&launched.view);
-            let rt = runtime()?;
+            let rt = super::runtime()?;
             let code = rt.block_on(async move {
                 let sandbox = started.into_sandbox(launched)?;
                 if attribute {
@@ -99,16 +99,9 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
                 hide: Vec::new(),
             };
             super::config::tier0_files_note(&resolved);
-            runtime()?.block_on(run_env_tier(args, resolved))
+            super::runtime()?.block_on(run_env_tier(args, resolved))
         }
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 /// The signals netcage's own threads never take in Tier 1: [`FORWARDED`], SIGINT, SIGQUIT.

@@ -53,16 +53,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             );
             super::config::report_view(&launched.view);
             let grace = Duration::from_secs_f64(args.grace);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?
-                .block_on(async move {
-                    let sandbox = Arc::new(started.into_sandbox(launched)?);
-                    super::config::report_attribution();
-                    report_removed(sandbox.removed_env());
-                    run(sandbox, listener, &socket_path, grace).await
-                })
+            super::runtime()?.block_on(async move {
+                let sandbox = Arc::new(started.into_sandbox(launched)?);
+                super::config::report_attribution();
+                report_removed(sandbox.removed_env());
+                run(sandbox, listener, &socket_path, grace).await
+            })
         }
         Err(why) => Err(anyhow!(
             "netcage serve needs Tier 1 and it is impossible here: {why}; run `netcage doctor`"
