@@ -13,7 +13,7 @@
 //! leak it. The real key stays in netcage's memory (zeroed on drop). The session token does
 //! travel (`X-Amz-Security-Token`), so its token holds the real value, substituted like any.
 
-mod ini;
+pub(crate) mod ini;
 mod source;
 
 use zeroize::Zeroizing;

@@ -9,7 +9,9 @@
 
 use zeroize::Zeroizing;
 
-use super::lines;
+use std::ops::Range;
+
+use crate::aws::ini::{self, Line};
 use crate::aws::{AwsCredential, AwsKeys};
 use crate::proxy::SealedValue;
 use crate::token::Key;
@@ -18,13 +20,6 @@ const ID: &str = "aws_access_key_id";
 const SECRET: &str = "aws_secret_access_key";
 const SESSION: &str = "aws_session_token";
 
-/// A value's byte span in the file.
-#[derive(Clone, Copy)]
-struct Span {
-    start: usize,
-    end: usize,
-}
-
 /// The key settings of one profile, by the spans of their values.
 #[derive(Default)]
 struct Profile {
@@ -32,6 +27,9 @@ struct Profile {
     secret: Option<Span>,
     session: Option<Span>,
 }
+
+/// A value's byte range in the file.
+type Span = Range<usize>;
 
 /// A key sealed already (its real id and session token, wiped on drop) and what stands in
 /// for it: the stand-in id, the secret's token, the session token's token.
@@ -53,36 +51,30 @@ pub struct SealedAws {
 fn find(text: &str) -> Result<Vec<(String, Profile)>, String> {
     let mut profiles: Vec<(String, Profile)> = Vec::new();
     let mut current: Option<usize> = None;
-    for (start, raw) in lines(text) {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = header.trim().to_owned();
-            current = Some(match profiles.iter().position(|(n, _)| *n == name) {
-                Some(i) => i,
-                None => {
-                    profiles.push((name, Profile::default()));
-                    profiles.len() - 1
-                }
-            });
-            continue;
-        }
+    for (start, line) in ini::lines(text) {
         let line_no = super::line_of(text, start);
-        // Anything but `key = value` is a shape netcage does not know: refused, so that
-        // nothing it did not understand is shown.
-        let Some((key, value)) = raw.split_once('=') else {
-            return Err(format!("line {line_no}: not a `key = value` setting"));
+        let (key, value, nested) = match line {
+            Line::Blank => continue,
+            Line::Header(name) => {
+                current = Some(match profiles.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        profiles.push((name, Profile::default()));
+                        profiles.len() - 1
+                    }
+                });
+                continue;
+            }
+            // Anything but `key = value` is a shape netcage does not know: refused, so that
+            // nothing it did not understand is shown.
+            Line::Other => return Err(format!("line {line_no}: not a `key = value` setting")),
+            Line::Setting { key, value, nested } => (key, value, nested),
         };
-        let key = key.trim().to_ascii_lowercase();
         let Some(at) = current else {
             return Err(format!("line {line_no}: a setting outside a profile"));
         };
-        let ours = [ID, SECRET, SESSION].contains(&key.as_str());
         // Indented lines belong to a nested setting (`s3 =` then `  addressing_style = …`).
-        let nested = raw.starts_with([' ', '\t']);
-        if !ours || nested {
+        if nested || ![ID, SECRET, SESSION].contains(&key.as_str()) {
             if super::credential_named(&key) {
                 return Err(format!(
                     "line {line_no}: {key} looks like a credential netcage cannot seal"
@@ -90,15 +82,7 @@ fn find(text: &str) -> Result<Vec<(String, Profile)>, String> {
             }
             continue;
         }
-        let value_start = start + raw.len() - value.len();
-        let trimmed = value.trim_start();
-        let lead = value.len() - trimmed.len();
-        let trimmed = trimmed.trim_end();
-        let span = Span {
-            start: value_start + lead,
-            end: value_start + lead + trimmed.len(),
-        };
-        if span.start == span.end {
+        if value.is_empty() {
             continue;
         }
         let profile = &mut profiles[at].1;
@@ -110,7 +94,7 @@ fn find(text: &str) -> Result<Vec<(String, Profile)>, String> {
         if slot.is_some() {
             return Err(format!("line {line_no}: {key} given twice in one profile"));
         }
-        *slot = Some(span);
+        *slot = Some(value);
     }
     Ok(profiles)
 }
@@ -123,7 +107,7 @@ pub fn seal(content: &[u8], key: &Key, hosts: &[String]) -> Result<SealedAws, St
             e.valid_up_to()
         )
     })?;
-    let value = |s: Span| Zeroizing::new(text[s.start..s.end].to_owned());
+    let value = |s: &Span| Zeroizing::new(text[s.clone()].to_owned());
     let mut replace: Vec<(Span, String)> = Vec::new();
     let mut credentials = Vec::new();
     let mut values = Vec::new();
@@ -145,9 +129,9 @@ pub fn seal(content: &[u8], key: &Key, hosts: &[String]) -> Result<SealedAws, St
             }
         };
         let real = AwsKeys {
-            access_key_id: value(id),
-            secret_access_key: value(secret),
-            session_token: profile.session.map(value),
+            access_key_id: value(&id),
+            secret_access_key: value(&secret),
+            session_token: profile.session.as_ref().map(value),
         };
         let same = |m: &&Made| {
             m.id == real.access_key_id && m.session.as_deref() == real.session_token.as_deref()
