@@ -24,6 +24,13 @@ pub const KNOWN: &[(&str, &[&str])] = &[
     ("BRAVE_API_KEY", &["api.search.brave.com"]),
 ];
 
+/// What a shell takes as a variable name: letters, digits and `_`, not starting with a digit.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// One parsed `--seal` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealSpec {
@@ -38,10 +45,7 @@ pub fn parse_spec(arg: &str) -> Result<SealSpec, String> {
         Some((name, hosts)) => (name, Some(hosts)),
         None => (arg, None),
     };
-    let valid_name = !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid_name {
+    if !is_env_name(name) {
         return Err(format!(
             "--seal {arg:?}: {name:?} is not an environment variable name"
         ));

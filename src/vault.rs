@@ -11,6 +11,7 @@
 //! migrated, and readers of a WAL database see what Starpod committed even while it runs.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,6 +71,11 @@ pub enum VaultError {
         key: String,
         why: &'static str,
     },
+    #[error(
+        "{} is refused: every user may write it, and so rebind its entries to hosts of their choosing; chmod o-w it",
+        path.display()
+    )]
+    WritableByAll { path: PathBuf },
     #[error("{}: entry {key:?} has malformed allowed_hosts: {why}", path.display())]
     Hosts {
         path: PathBuf,
@@ -86,6 +92,12 @@ pub fn read(path: &Path, key: &Key) -> Result<Vec<Entry>, VaultError> {
     };
     // Without SQLITE_OPEN_CREATE a missing file is an error; say so plainly.
     match std::fs::metadata(path) {
+        // The host lists are not encrypted: whoever may write the file may rebind an entry.
+        Ok(meta) if meta.is_file() && meta.mode() & 0o002 != 0 => {
+            return Err(VaultError::WritableByAll {
+                path: path.to_owned(),
+            });
+        }
         Ok(meta) if meta.is_file() => {}
         Ok(_) => return Err(open_err("not a regular file".into())),
         Err(e) => return Err(open_err(e.to_string())),

@@ -1,7 +1,6 @@
 //! `--vault FILE` (default: the data dir's `vault.db` when it exists): every entry of a
 //! Starpod vault handed to the command as a token bound to the entry's own allowed hosts.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use netcage::env::SealedVar;
@@ -56,15 +55,6 @@ pub fn load(
             key_file.display()
         )));
     }
-    let meta = std::fs::metadata(path)
-        .map_err(|e| input_error(format!("the vault {}: {e}", path.display())))?;
-    // The host lists are not encrypted: whoever may write the file may rebind an entry.
-    if meta.mode() & 0o002 != 0 {
-        return Err(input_error(format!(
-            "refusing the vault {}: every user may write it, and so rebind its entries to hosts of their choosing; chmod o-w it",
-            path.display()
-        )));
-    }
     let entries = vault::read(path, key).map_err(|e| input_error(format!("the vault {e}")))?;
     let mut out = FromVault {
         vars: Vec::new(),
@@ -74,7 +64,7 @@ pub fn load(
     let (mut given, mut unbound, mut not_names, mut overridden) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for entry in entries {
-        if !is_env_name(&entry.key) {
+        if !netcage::seal::is_env_name(&entry.key) {
             not_names.push(entry.key);
             continue;
         }
@@ -145,11 +135,4 @@ fn count(names: &[String], one: &str, many: &str) -> String {
         1 => format!("1 {one}"),
         n => format!("{n} {many}"),
     }
-}
-
-/// What a shell would take as a variable name.
-fn is_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
