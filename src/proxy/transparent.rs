@@ -69,7 +69,8 @@ async fn handle(
             sni: None,
             tls: false,
         };
-        tunnel::handle(proxy, stream, conn).await;
+        // Boxed: see explicit.rs.
+        Box::pin(tunnel::handle(proxy, stream, conn)).await;
         return;
     };
     // While the connection is open, its name keeps its synthetic address.
@@ -100,5 +101,5 @@ async fn handle(
         sni: None,
         tls: false,
     };
-    tunnel::handle(proxy, stream, conn).await;
+    Box::pin(tunnel::handle(proxy, stream, conn)).await;
 }

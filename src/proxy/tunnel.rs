@@ -85,14 +85,15 @@ where
     if is_tls {
         let fallback = conn.target_host.clone();
         let deadline = first_byte + Limits::secs(handshake);
-        let accepted =
-            tokio::time::timeout_at(deadline, proxy.tls.accept(io, fallback.as_deref())).await;
+        // Boxed (as the serving below): only what is live stays in this future's state.
+        let accept = Box::pin(proxy.tls.accept(io, fallback.as_deref()));
+        let accepted = tokio::time::timeout_at(deadline, accept).await;
         match accepted {
             Ok(Ok((tls, sni))) => {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 conn.sni = sni;
                 conn.tls = true;
-                serve_http(proxy, tls, conn, h2).await;
+                Box::pin(serve_http(proxy, tls, conn, h2)).await;
             }
             Ok(Err(e)) => {
                 let event = connection_event(&conn, "error", e.to_string());
@@ -101,7 +102,7 @@ where
             Err(_) => timed_out("the TLS handshake was not finished after"),
         }
     } else if is_http {
-        serve_http(proxy, io, conn, prior_knowledge_h2).await;
+        Box::pin(serve_http(proxy, io, conn, prior_knowledge_h2)).await;
     } else {
         let target = conn.target_host.as_deref().unwrap_or("?");
         let reason = format!(
@@ -121,7 +122,9 @@ where
 /// future over a hyper connection is `Send`.)
 macro_rules! until_expired {
     ($connection:expr, $expired:expr) => {{
-        let mut connection = std::pin::pin!($connection);
+        // On the heap with its own size: HTTP/1.1 connections then do not carry the room an
+        // HTTP/2 one needs in the same future.
+        let mut connection = Box::pin($connection);
         tokio::select! {
             _ = connection.as_mut() => None,
             expiry = $expired => {
@@ -157,7 +160,15 @@ where
         let reflect = ReflectSet::default();
         service_fn(move |req| {
             let in_flight = activity.begin();
-            let response = service::handle(proxy.clone(), conn.clone(), reflect.clone(), req);
+            // Boxed: hyper keeps room for one service future per connection for as long as the
+            // connection lives, and a request's state is kilobytes; idle keep-alive
+            // connections should not hold that.
+            let response = Box::pin(service::handle(
+                proxy.clone(),
+                conn.clone(),
+                reflect.clone(),
+                req,
+            ));
             async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
