@@ -197,11 +197,34 @@ where
             match frame.into_data() {
                 Ok(data) => {
                     this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    match this.transform.push(data) {
-                        Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    let out = match this.transform.push(data) {
+                        Ok(out) => out,
                         Err(e) => return Poll::Ready(Some(Err(e))),
+                    };
+                    // The source's last bytes (its length is used up): what the transform
+                    // held back goes in the same frame, so the client gets the end with the
+                    // rest (one write, not a second one for the tail and the last chunk).
+                    let out = if this.inner.is_end_stream() {
+                        this.done = true;
+                        match this.transform.finish() {
+                            Ok(tail) if out.is_empty() => tail,
+                            Ok(tail) if tail.is_empty() => out,
+                            Ok(tail) => {
+                                let mut joined =
+                                    bytes::BytesMut::with_capacity(out.len() + tail.len());
+                                joined.extend_from_slice(&out);
+                                joined.extend_from_slice(&tail);
+                                joined.freeze()
+                            }
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        }
+                    } else {
+                        out
+                    };
+                    if out.is_empty() {
+                        continue;
                     }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
