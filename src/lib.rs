@@ -46,10 +46,13 @@ pub mod sandbox;
 pub mod scan;
 pub mod seal;
 pub mod stats;
+pub mod timing;
 pub mod token;
 pub mod vault;
 
 #[cfg(test)]
 mod fuzz;
 
-pub use api::{Child, Command, Error, Output, Sandbox, SandboxBuilder, Signaller, Started, Stdio};
+pub use api::{
+    Child, Command, Error, Launching, Output, Sandbox, SandboxBuilder, Signaller, Started, Stdio,
+};

@@ -462,6 +462,26 @@ impl SandboxBuilder {
     }
 }
 
+/// A sandbox being built ([`Started::begin`]).
+pub struct Launching {
+    building: launch::Building,
+    view: crate::sandbox::layout::Layout,
+    secrets: view::Secrets,
+}
+
+impl Launching {
+    /// Waits (blocking) until the sandbox is ready or has failed.
+    pub fn wait(self) -> Result<launch::Launched, Error> {
+        let mut launched = self.building.wait().map_err(Error)?;
+        launched.view = self.view;
+        launched.sealed_values = self.secrets.values;
+        launched.sealed_aws = self.secrets.aws;
+        let notes = std::mem::take(&mut launched.notes);
+        launched.view.notes.extend(notes);
+        Ok(launched)
+    }
+}
+
 /// What `start` has resolved; also how the CLI starts a sandbox from its own configuration.
 pub struct Started {
     /// The proxy's configuration (key, policy, pins, CAs, audit log).
@@ -496,6 +516,13 @@ impl Started {
     /// Builds the namespaces (blocking, a few milliseconds). On failure `self` is intact, so
     /// the caller can fall back to Tier 0 with the same configuration.
     pub fn launch(&self) -> Result<launch::Launched, Error> {
+        self.begin(None)?.wait()
+    }
+
+    /// [`launch`](Self::launch) in two halves: this one hands the holder (`pending`, started
+    /// beforehand, or a new one) its spec and returns while it builds the sandbox; the caller
+    /// can do other work before [`Launching::wait`].
+    pub fn begin(&self, pending: Option<launch::Pending>) -> Result<Launching, Error> {
         let root = detect::quick();
         let data_dir = std::fs::canonicalize(&self.data_dir).map_err(|e| {
             Error(format!(
@@ -503,6 +530,10 @@ impl Started {
                 self.data_dir.display()
             ))
         })?;
+        let pending = match pending {
+            Some(p) => p,
+            None => launch::Pending::spawn(&self.netcage).map_err(Error)?,
+        };
         let (view, secrets) = view::filesystem_view(self, &data_dir)?;
         let spec = HolderSpec {
             rootless: !root,
@@ -510,13 +541,12 @@ impl Started {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         };
-        let mut launched = launch::launch(&spec, &self.netcage).map_err(Error)?;
-        launched.view = view;
-        launched.sealed_values = secrets.values;
-        launched.sealed_aws = secrets.aws;
-        let notes = std::mem::take(&mut launched.notes);
-        launched.view.notes.extend(notes);
-        Ok(launched)
+        let building = pending.start(&spec).map_err(Error)?;
+        Ok(Launching {
+            building,
+            view,
+            secrets,
+        })
     }
 
     /// Takes over a launched sandbox: starts the proxy, the resolver and the NFLOG reader on

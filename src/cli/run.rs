@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use netcage::ca;
 use netcage::proxy::{Proxy, serve_explicit};
-use netcage::sandbox::{detect, process};
+use netcage::sandbox::{detect, launch, process};
 use nix::sys::signal::{SigSet, Signal};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -30,19 +30,31 @@ const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     super::raise_nofile_limit();
+    // Tier 1's holder is an exec of this binary (milliseconds): it starts now, before any
+    // thread does, and comes up while the configuration is resolved.
+    let holder = (args.tier != Tier::Env).then(|| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        launch::Pending::spawn(&exe).ok()
+    });
     let resolved = resolve(&args.key, &args.policy)?;
+    netcage::timing::mark("resolved");
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
-    let result = run_in_a_tier(args, resolved);
+    let result = run_in_a_tier(args, resolved, holder.flatten());
     // Responses still in flight when the runtime shut down have queued their lines by now.
     audit.flush();
+    netcage::timing::mark("audit flushed");
     if let (Ok(_), Some(learn)) = (&result, learn) {
         learn.finish()?;
     }
     result
 }
 
-fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
+fn run_in_a_tier(
+    args: RunArgs,
+    resolved: Resolved,
+    holder: Option<launch::Pending>,
+) -> anyhow::Result<u8> {
     if args.tier == Tier::Env {
         eprintln!("netcage: Tier 0 (env, as asked): {TIER0}");
         super::config::tier0_files_note(&resolved);
@@ -58,9 +70,15 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
     let mut started = sandbox_config(&args.key, resolved, &args.env, None, "run");
     started.process_attribution = args.attribute;
     let attribute = args.attribute;
-    let launched = started.launch();
+    netcage::timing::mark("sandbox configured");
+    // The runtime's threads start while the holder builds the sandbox.
+    let launched = started.begin(holder).and_then(|building| {
+        let rt = super::runtime();
+        Ok((rt, building.wait()?))
+    });
+    netcage::timing::mark("launched");
     match (launched, args.tier) {
-        (Ok(launched), _) => {
+        (Ok((rt, launched)), _) => {
             let how = if detect::quick() {
                 "root"
             } else {
@@ -68,9 +86,10 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
             };
             eprintln!("netcage: Tier 1 (netns, {how}): the command's only way out is the proxy");
             report_view(&launched.view);
-            let rt = super::runtime()?;
+            let rt = rt?;
             let code = rt.block_on(async move {
                 let sandbox = started.into_sandbox(launched)?;
+                netcage::timing::mark("proxy up");
                 if attribute {
                     super::config::report_attribution();
                 }
@@ -79,6 +98,7 @@ fn run_in_a_tier(args: RunArgs, resolved: Resolved) -> anyhow::Result<u8> {
             });
             // Lines of responses still in flight are queued once the runtime is gone.
             drop(rt);
+            netcage::timing::mark("runtime dropped");
             code
         }
         (Err(why), Tier::Netns) => Err(anyhow!(
@@ -142,6 +162,7 @@ async fn run_netns_tier(
         }
     }
     let spawned = cmd.spawn().await;
+    netcage::timing::mark("command spawned");
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -182,11 +203,13 @@ async fn run_netns_tier(
             Err(e) => break Err(e),
         }
     };
+    netcage::timing::mark("command exited");
     if let Some(t) = &tty {
         t.take_back();
     }
     // Whatever the command left running in the background ends with it, as before.
     sandbox.shutdown(Duration::ZERO).await;
+    netcage::timing::mark("sandbox shut down");
     let status = status.context("waiting for the command failed")?;
     Ok(exit_code(status).clamp(0, 255) as u8)
 }

@@ -62,7 +62,9 @@ pub fn build(spec: &HolderSpec) -> Result<Built, String> {
         None::<&str>,
     )
     .map_err(|e| format!("make mounts private: {e}"))?;
+    crate::timing::mark("holder: unshared");
     netlink::isolate_loopback()?;
+    crate::timing::mark("holder: loopback up");
 
     let mut kinds = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
@@ -97,13 +99,16 @@ pub fn build(spec: &HolderSpec) -> Result<Built, String> {
     if ports.tcp4 == 0 || ports.dns4 == 0 {
         return Err("cannot listen on 127.0.0.1 inside the sandbox".into());
     }
+    crate::timing::mark("holder: listening");
     nft::load(&ports)?;
+    crate::timing::mark("holder: nft loaded");
     // Without it dropped packets are still dropped, only not named in the audit log.
     if let Ok(fd) = super::nflog::open(super::plan::NFLOG_GROUP) {
         kinds.push(SocketKind::Nflog);
         fds.push(fd);
     }
     let notes = mounts::apply(&spec.layout)?;
+    crate::timing::mark("holder: mounts applied");
     // The working directory is a new mount now (or behind one, when it is hidden): enter it
     // again by path, through the new mounts.
     if let Ok(cwd) = std::env::current_dir() {

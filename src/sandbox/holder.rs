@@ -40,6 +40,7 @@ pub const CONTROL_FD: i32 = 3;
 
 /// `netcage __holder`: returns the process's exit code.
 pub fn holder_main() -> i32 {
+    crate::timing::mark("holder: main");
     // SAFETY: `launch` put the control socket on this descriptor before exec, and nothing in
     // this fresh process has taken ownership of it.
     let sock = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
@@ -58,7 +59,9 @@ pub fn holder_main() -> i32 {
         Ok(Some((spec, _))) => spec,
         _ => return 1,
     };
+    crate::timing::mark("holder: spec received");
     let built = build(&spec);
+    crate::timing::mark("holder: built");
     let sent = match &built {
         Ok((kinds, fds, notes)) => {
             let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
@@ -184,6 +187,7 @@ fn init(sock: OwnedFd) -> i32 {
         Ok(fd) => fd,
         Err(e) => return fail(format!("signalfd: {e}")),
     };
+    crate::timing::mark("init: ready");
     if fdpass::send(&sock, &FromSandbox::Ready, &[proc_dir.as_raw_fd()]).is_err() {
         return 1;
     }
@@ -271,6 +275,7 @@ impl Init {
     }
 
     fn spawn(&mut self, req: Spawn, fds: Vec<OwnedFd>) {
+        crate::timing::mark("init: spawn asked");
         let id = req.id;
         if self.seccomp.is_none() {
             match super::seccomp::filter() {
@@ -282,6 +287,7 @@ impl Init {
             }
         }
         let seccomp = self.seccomp.clone().unwrap_or_default();
+        crate::timing::mark("init: seccomp ready");
         match start(req, fds, seccomp) {
             Ok((pid, tty, status)) => self.starting.push(Starting {
                 id,
@@ -376,6 +382,7 @@ impl Init {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
             };
+            crate::timing::mark("init: reaped");
             // Its exit closed the status pipe: the outcome of its exec is readable now.
             self.resolve(pid);
             if let Some(running) = self.running.remove(&pid) {
@@ -394,6 +401,7 @@ impl Init {
     /// SIGTERM to every process of the sandbox, SIGKILL after `grace`, then exit (the pid
     /// namespace dies with its init).
     fn shutdown(&mut self, grace: Duration) -> i32 {
+        crate::timing::mark("init: shutdown asked");
         if !grace.is_zero() {
             // kill(-1) from a pid namespace's init reaches every other process in it.
             let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);

@@ -46,73 +46,129 @@ pub struct Launched {
 
 /// Starts `exe __holder` and waits (blocking) until the sandbox is ready or has failed.
 pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("socketpair: {e}"))?;
-    let theirs_raw = theirs.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("__holder")
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    // The holder and init take no signals but SIGKILL: a terminal's SIGINT reaches the whole
-    // process group, and it is the command's to handle, not theirs. (std resets the mask
-    // before this hook runs.)
-    let all = nix::sys::signal::SigSet::all();
-    // SAFETY: runs between fork and exec; sigprocmask, dup2, fcntl and setrlimit are
-    // async-signal-safe and touch only the child's own state, so this is sound in a
-    // multi-threaded parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The sandbox's commands get the descriptor limit netcage started with.
-            super::process::restore_nofile_limit()?;
-            if nix::libc::sigprocmask(nix::libc::SIG_BLOCK, all.as_ref(), std::ptr::null_mut()) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if theirs_raw == CONTROL_FD {
-                // dup2 onto itself would keep close-on-exec set.
-                if nix::libc::fcntl(CONTROL_FD, nix::libc::F_SETFD, 0) < 0 {
+    Pending::spawn(exe)?.finish(spec)
+}
+
+/// A holder started (`exe __holder`) that has not been given its spec yet. Starting it is an
+/// exec of netcage's own binary (milliseconds); `netcage run` starts it first and resolves
+/// its configuration meanwhile. Dropped unfinished, the holder is killed and reaped.
+pub struct Pending {
+    holder: Unfinished,
+    sock: OwnedFd,
+}
+
+/// The holder until the sandbox is ready: killed and reaped if dropped before.
+struct Unfinished(Option<Child>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut holder) = self.0.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+    }
+}
+
+impl Pending {
+    /// Starts the holder; it waits for its spec on the control socket.
+    pub fn spawn(exe: &Path) -> Result<Pending, String> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
+        let theirs_raw = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("__holder")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if crate::timing::enabled() {
+            cmd.env(crate::timing::VAR, "1");
+        }
+        // The holder and init take no signals but SIGKILL: a terminal's SIGINT reaches the
+        // whole process group, and it is the command's to handle, not theirs. (std resets the
+        // mask before this hook runs.)
+        let all = nix::sys::signal::SigSet::all();
+        // SAFETY: runs between fork and exec; sigprocmask, dup2, fcntl and setrlimit are
+        // async-signal-safe and touch only the child's own state, so this is sound in a
+        // multi-threaded parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The sandbox's commands get the descriptor limit netcage started with.
+                super::process::restore_nofile_limit()?;
+                if nix::libc::sigprocmask(nix::libc::SIG_BLOCK, all.as_ref(), std::ptr::null_mut())
+                    < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if nix::libc::dup2(theirs_raw, CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+                if theirs_raw == CONTROL_FD {
+                    // dup2 onto itself would keep close-on-exec set.
+                    if nix::libc::fcntl(CONTROL_FD, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if nix::libc::dup2(theirs_raw, CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let holder = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the sandbox holder {}: {e}", exe.display()))?;
+        drop(theirs);
+        crate::timing::mark("holder spawned");
+        Ok(Pending {
+            holder: Unfinished(Some(holder)),
+            sock: ours,
+        })
     }
-    let mut holder = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the sandbox holder {}: {e}", exe.display()))?;
-    drop(theirs);
-    match handshake(&ours, spec) {
-        Ok((sockets, proc_dir, notes)) => Ok(Launched {
+
+    /// Gives the holder its spec; it builds the sandbox meanwhile ([`Building::wait`]).
+    pub fn start(self, spec: &HolderSpec) -> Result<Building, String> {
+        fdpass::send(&self.sock, spec, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
+        Ok(Building {
+            holder: self.holder,
+            sock: self.sock,
+        })
+    }
+
+    /// [`start`](Self::start), then [`Building::wait`].
+    pub fn finish(self, spec: &HolderSpec) -> Result<Launched, String> {
+        self.start(spec)?.wait()
+    }
+}
+
+/// A holder building the sandbox from its spec.
+pub struct Building {
+    holder: Unfinished,
+    sock: OwnedFd,
+}
+
+impl Building {
+    /// Waits (blocking) until the sandbox is ready or has failed.
+    pub fn wait(mut self) -> Result<Launched, String> {
+        let (sockets, proc_dir, notes) = handshake(&self.sock)?;
+        let holder = self.holder.0.take().ok_or("the sandbox holder is gone")?;
+        Ok(Launched {
             holder,
-            control: ours,
+            control: self.sock,
             proc_dir,
             sockets,
             notes,
             view: Default::default(),
             sealed_values: Vec::new(),
             sealed_aws: Vec::new(),
-        }),
-        Err(e) => {
-            let _ = holder.kill();
-            let _ = holder.wait();
-            Err(e)
-        }
+        })
     }
 }
 
 type Handshake = (SandboxSockets, OwnedFd, Vec<String>);
 
-fn handshake(sock: &OwnedFd, spec: &HolderSpec) -> Result<Handshake, String> {
+fn handshake(sock: &OwnedFd) -> Result<Handshake, String> {
     let died = || "the sandbox process died while starting".to_owned();
-    fdpass::send(sock, spec, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
     let (sockets, notes) = match fdpass::recv::<FromSandbox>(sock) {
         Ok(Some((FromSandbox::Built { kinds, notes }, fds))) => (sockets_from(&kinds, fds), notes),
         Ok(Some((FromSandbox::BuildFailed(msg), _))) => return Err(msg),
