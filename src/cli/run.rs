@@ -30,17 +30,19 @@ const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy;
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     super::raise_nofile_limit();
-    // Tier 1's holder is an exec of this binary (milliseconds): it starts now, before any
-    // thread does, and comes up while the configuration is resolved.
+    // Tier 1's holder is an exec of this binary (milliseconds): a thread of its own starts it
+    // now (spawning waits until the exec is done) and it comes up while this thread resolves
+    // the configuration.
     let holder = (args.tier != Tier::Env).then(|| {
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        launch::Pending::spawn(&exe).ok()
+        std::thread::spawn(move || launch::Pending::spawn(&exe).ok())
     });
     let resolved = resolve(&args.key, &args.policy)?;
     netcage::timing::mark("resolved");
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
-    let result = run_in_a_tier(args, resolved, holder.flatten());
+    let holder = holder.and_then(|spawning| spawning.join().ok().flatten());
+    let result = run_in_a_tier(args, resolved, holder);
     // Responses still in flight when the runtime shut down have queued their lines by now.
     audit.flush();
     netcage::timing::mark("audit flushed");
