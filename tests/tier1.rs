@@ -256,6 +256,73 @@ fn the_exit_status_passes_through() {
     });
 }
 
+/// `NETCAGE_TIMING=1`: each step of start-up and shutdown, from netcage and from its holder (a
+/// process of its own), on one clock and in the order they depend on each other: the holder
+/// (started before the configuration is resolved) gets its spec only after it is, the proxy
+/// comes up after the sandbox is built, the command after both. Without the variable, no step
+/// is printed.
+#[test]
+fn timing_steps_come_from_netcage_and_its_holder_in_order() {
+    for_each_mode(|mode| {
+        let fx = Fx::new(mode);
+        let mut cmd = fx.run_cmd(&[], &["true"]);
+        cmd.env("NETCAGE_TIMING", "1");
+        let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&succeeded(&out).stderr).into_owned();
+        let steps: Vec<(f64, u32, &str)> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("netcage-timing: "))
+            .map(|l| {
+                let mut part = l.splitn(3, ' ');
+                let ms = part.next().and_then(|t| t.parse().ok());
+                let pid = part.next().and_then(|p| p.parse().ok());
+                match (ms, pid, part.next()) {
+                    (Some(ms), Some(pid), Some(step)) => (ms, pid, step),
+                    _ => panic!("malformed timing line {l:?}"),
+                }
+            })
+            .collect();
+        let at = |step: &str| {
+            *steps
+                .iter()
+                .find(|s| s.2 == step)
+                .unwrap_or_else(|| panic!("[{}] no step {step:?}:\n{stderr}", mode.name()))
+        };
+        let order = [
+            "main",
+            "resolved",
+            "holder: spec received",
+            "holder: built",
+            "init: ready",
+            "proxy up",
+            "command spawned",
+            "command exited",
+            "sandbox shut down",
+            "audit flushed",
+        ];
+        for pair in order.windows(2) {
+            assert!(
+                at(pair[0]).0 <= at(pair[1]).0,
+                "[{}] {:?} came after {:?}:\n{stderr}",
+                mode.name(),
+                pair[0],
+                pair[1]
+            );
+        }
+        let netcage = at("resolved").1;
+        assert_eq!(at("main").1, netcage, "{stderr}");
+        assert_eq!(at("audit flushed").1, netcage, "{stderr}");
+        assert_ne!(
+            at("holder: built").1,
+            netcage,
+            "the holder is a process of its own"
+        );
+        let out = fx.run(&[], &["true"]);
+        let quiet = String::from_utf8_lossy(&succeeded(&out).stderr).into_owned();
+        assert!(!quiet.contains("netcage-timing"), "{quiet}");
+    });
+}
+
 #[test]
 fn sigterm_to_netcage_reaches_the_command() {
     for_each_mode(|mode| {
