@@ -265,10 +265,14 @@ fn everyday_tools_work_and_home_is_unchanged_afterwards() {
 /// echoes what is typed: markers the command prints are written split in its source
 /// (`"GOT-""SIGINT"`), so only its output matches.
 const PTY: &str = r#"
-import os, pty, re, select, sys, time
+import os, pty, re, select, signal, sys, time
 ready, keys, cmd = sys.argv[1], sys.argv[2], sys.argv[3]
 pid, fd = pty.fork()
 if pid == 0:
+    # A terminal's shell starts with the keyboard's signals at their defaults, whatever this
+    # test was started under (`cmd &` in a script ignores SIGINT, and run keeps what is ignored).
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
     os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
 out = b""
 def read(secs, until=None):
