@@ -404,12 +404,17 @@ pub fn sandbox_config(
         base_env: std::env::vars_os().collect(),
         sealed: resolved.sealed_env,
         pass_env: env.pass_env.clone(),
-        netcage: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+        netcage: own_exe(),
         prefix: prefix.into(),
         write: resolved.write,
         process_attribution: false,
         seal_files: resolved.seal_files,
     }
+}
+
+/// This binary, which the sandbox's holder is an exec of (`/proc/self/exe` if its path is gone).
+pub(super) fn own_exe() -> std::path::PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into())
 }
 
 /// After the eBPF program was asked for: one line when connections are attributed through

@@ -34,7 +34,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     // now (spawning waits until the exec is done) and it comes up while this thread resolves
     // the configuration.
     let holder = (args.tier != Tier::Env).then(|| {
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let exe = super::config::own_exe();
         std::thread::spawn(move || launch::Pending::spawn(&exe).ok())
     });
     let resolved = resolve(&args.key, &args.policy)?;

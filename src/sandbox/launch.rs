@@ -44,11 +44,6 @@ pub struct Launched {
     pub sealed_aws: Vec<crate::aws::AwsCredential>,
 }
 
-/// Starts `exe __holder` and waits (blocking) until the sandbox is ready or has failed.
-pub fn launch(spec: &HolderSpec, exe: &Path) -> Result<Launched, String> {
-    Pending::spawn(exe)?.finish(spec)
-}
-
 /// A holder started (`exe __holder`) that has not been given its spec yet. Starting it is an
 /// exec of netcage's own binary (milliseconds); `netcage run` starts it first and resolves
 /// its configuration meanwhile. Dropped unfinished, the holder is killed and reaped.
@@ -133,11 +128,6 @@ impl Pending {
             holder: self.holder,
             sock: self.sock,
         })
-    }
-
-    /// [`start`](Self::start), then [`Building::wait`].
-    pub fn finish(self, spec: &HolderSpec) -> Result<Launched, String> {
-        self.start(spec)?.wait()
     }
 }
 
