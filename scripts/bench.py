@@ -933,6 +933,9 @@ def main():
     for tool in (NETCAGE, LOADGEN):
         if not tool.exists():
             sys.exit(f"bench: {tool} missing: run scripts/bench (it builds first)")
+    if not shutil.which("nginx"):
+        sys.exit("bench: nginx not found (the upstream every variant is measured against): "
+                 "run scripts/bench, which installs it, or apt-get install nginx")
     b = Bench(args)
 
     def on_signal(sig, _frame):
