@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -144,7 +144,10 @@ async fn handle_conn(
             {
                 return;
             }
-            let rest = buf.split_off(consumed).freeze();
+            // A copy, and the head's buffer dropped: the tunnel lives as long as the
+            // connection, and a slice of `buf` would keep all 4 KiB of it.
+            let rest = Bytes::copy_from_slice(&buf[consumed..]);
+            drop(buf);
             let conn = ConnInfo {
                 client,
                 exec,

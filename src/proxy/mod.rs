@@ -5,6 +5,7 @@
 //! dns.rs       the sandbox's resolver: synthetic addresses, NXDOMAIN for denied names
 //! explicit.rs  accept loop for HTTP forward-proxy requests and CONNECT (Tier 0)
 //! tunnel.rs    what arrives inside a tunnel: TLS (intercept), plain HTTP, or raw TCP (by policy)
+//! rest.rs      HTTP/1.1 connections served by hyper, and put to rest (hyper's state freed) when idle
 //! quota.rs     what one command may take: connections per exec, the DNS query rate
 //! tls.rs       ClientHello peeking and the per-host leaf certificate resolver
 //! service.rs   one HTTP request: the pipeline of the stages below, in order
@@ -38,6 +39,7 @@ mod guard;
 mod io;
 mod quota;
 mod respond;
+mod rest;
 mod service;
 mod sigv4;
 mod stages;

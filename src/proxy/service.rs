@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use super::body::{self, Audited, ProxyBody};
 use super::decide::Decider;
+use super::rest::Handoff;
 use super::sigv4;
 use super::stages::{
     Checks, Stop, head, host, reflect, request_body, response, send, upgrade, websocket,
@@ -30,6 +31,7 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
     reflect: ReflectSet,
+    handoff: Handoff,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -40,7 +42,7 @@ pub async fn handle(
     event.sni = conn.sni.clone();
     event.method = Some(req.method().to_string());
     event.path = Some(req.uri().path().to_owned());
-    let result = forward(&proxy, &conn, &reflect, req, &mut event, started).await;
+    let result = forward(&proxy, &conn, &reflect, &handoff, req, &mut event, started).await;
     let resp = match result {
         Ok(resp) => return Ok(resp),
         Err(resp) => *resp,
@@ -57,6 +59,7 @@ async fn forward(
     proxy: &Arc<Proxy>,
     conn: &ConnInfo,
     reflect: &ReflectSet,
+    handoff: &Handoff,
     mut req: Request<Incoming>,
     event: &mut Event,
     started: Instant,
@@ -69,7 +72,7 @@ async fn forward(
     };
     let target = head::substitute(&mut req, &checks, event)?;
     let resign = sigv4::check(proxy, &req, &checks, event)?;
-    let mut client_upgrade = upgrade::requested(&mut req);
+    let mut client_upgrade = upgrade::requested(&mut req, handoff);
     let (mut parts, incoming) = req.into_parts();
     let keep_length = resign.is_some();
     let outgoing =

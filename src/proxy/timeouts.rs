@@ -46,6 +46,8 @@ pub enum Expiry {
     Head,
     /// Nothing was in flight for `idle_secs`.
     Idle,
+    /// Nothing was in flight for the rest period asked for (`rest.rs`); not a limit.
+    Rest,
 }
 
 impl Activity {
@@ -81,18 +83,24 @@ impl Activity {
     }
 
     /// Resolves when a request head has taken longer than `head`, or nothing has been in
-    /// flight for `idle`. It wakes at most every `min(head, idle)`, and nothing on a request's
-    /// path wakes it: a deadline that starts after it went to sleep lies beyond its waking.
-    pub async fn expired(&self, head: Duration, idle: Duration) -> Expiry {
-        let step = head.min(idle).as_millis().max(1) as u64;
+    /// flight for `idle` (or, first, for `rest`). It wakes at most every `min(head, idle,
+    /// rest)`, and nothing on a request's path wakes it: a deadline that starts after it went
+    /// to sleep lies beyond its waking.
+    pub async fn expired(&self, head: Duration, idle: Duration, rest: Option<Duration>) -> Expiry {
+        let rest = rest.filter(|r| *r < idle);
+        let step = head.min(idle).min(rest.unwrap_or(idle)).as_millis().max(1) as u64;
         let (head, idle) = (head.as_millis() as u64, idle.as_millis() as u64);
+        let (after, quiet) = match rest {
+            Some(r) => (r.as_millis() as u64, Expiry::Rest),
+            None => (idle, Expiry::Idle),
+        };
         loop {
             let now = self.now();
             let due = if self.in_flight.load(Ordering::Relaxed) > 0 {
                 None
             } else {
                 match self.head_since.load(Ordering::Relaxed) {
-                    NOT_YET => Some((self.idle_since.load(Ordering::Relaxed) + idle, Expiry::Idle)),
+                    NOT_YET => Some((self.idle_since.load(Ordering::Relaxed) + after, quiet)),
                     since => Some((since + head, Expiry::Head)),
                 }
             };
@@ -449,7 +457,7 @@ mod tests {
         let (head, idle) = (Duration::from_secs(3), Duration::from_secs(5));
         let a = Activity::new(false);
         let t = Instant::now();
-        assert_eq!(a.expired(head, idle).await, Expiry::Idle);
+        assert_eq!(a.expired(head, idle, None).await, Expiry::Idle);
         assert_eq!(t.elapsed().as_secs(), 5);
 
         // A request in flight for long is neither; after it, idle counts from its end.
@@ -457,7 +465,7 @@ mod tests {
         let req = a.begin();
         let watch = {
             let a = a.clone();
-            tokio::spawn(async move { a.expired(head, idle).await })
+            tokio::spawn(async move { a.expired(head, idle, None).await })
         };
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(!watch.is_finished());
@@ -470,7 +478,7 @@ mod tests {
         let a = Activity::new(false);
         let watch = {
             let a = a.clone();
-            tokio::spawn(async move { a.expired(head, idle).await })
+            tokio::spawn(async move { a.expired(head, idle, None).await })
         };
         tokio::time::sleep(Duration::from_secs(4)).await;
         a.saw_bytes();
@@ -481,7 +489,16 @@ mod tests {
         // HTTP/2 frames between requests are not a head.
         let a = Activity::new(true);
         a.saw_bytes();
-        assert_eq!(a.expired(head, idle).await, Expiry::Idle);
+        assert_eq!(a.expired(head, idle, None).await, Expiry::Idle);
+
+        // A rest shorter than idle comes first; one as long as idle is not asked for.
+        let a = Activity::new(false);
+        let t = Instant::now();
+        let rest = Some(Duration::from_secs(1));
+        assert_eq!(a.expired(head, idle, rest).await, Expiry::Rest);
+        assert_eq!(t.elapsed().as_secs(), 1);
+        assert_eq!(a.expired(head, idle, Some(idle)).await, Expiry::Idle);
+        assert_eq!(t.elapsed().as_secs(), 5);
     }
 
     /// A body that yields a frame each time its sender sends one.

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::io::Prefixed;
+use super::rest::{self, Handoff};
 use super::service::{self, ReflectSet};
 use super::timeouts::{self, Activity, Expiry, Tracked, Watched};
 use super::{ConnInfo, Proxy};
@@ -55,7 +56,9 @@ where
     if let Some(host) = conn.target_host.clone()
         && proxy.cfg.policy.raw_tcp_allowed(&host, conn.port)
     {
-        relay_raw(&proxy, io, &conn, &host, started).await;
+        // Boxed: its state (the resolver's lookup, the connect, the relay) would otherwise take
+        // room in every intercepted connection's future for as long as it lives.
+        Box::pin(relay_raw(&proxy, io, &conn, &host, started)).await;
         return;
     }
     // From the connection's first byte to a finished TLS handshake (and, as the protocol is
@@ -87,20 +90,21 @@ where
         let deadline = first_byte + Limits::secs(handshake);
         // Boxed (as the serving below): only what is live stays in this future's state.
         let accept = Box::pin(proxy.tls.accept(io, fallback.as_deref()));
-        let accepted = tokio::time::timeout_at(deadline, accept).await;
-        match accepted {
-            Ok(Ok((tls, sni))) => {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                conn.sni = sni;
-                conn.tls = true;
-                Box::pin(serve_http(proxy, tls, conn, h2)).await;
-            }
+        let (tls, sni) = match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(accepted)) => accepted,
             Ok(Err(e)) => {
                 let event = connection_event(&conn, "error", e.to_string());
-                proxy.cfg.audit.log(event);
+                return proxy.cfg.audit.log(event);
             }
-            Err(_) => timed_out("the TLS handshake was not finished after"),
-        }
+            Err(_) => return timed_out("the TLS handshake was not finished after"),
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        conn.sni = sni;
+        conn.tls = true;
+        // The TLS stream (2 KB) on the heap once: the futures that serve it then move a
+        // pointer, where each would otherwise keep room for a copy of it.
+        let tls = Box::new(tls);
+        Box::pin(serve_http(proxy, tls, conn, h2)).await;
     } else if is_http {
         Box::pin(serve_http(proxy, io, conn, prior_knowledge_h2)).await;
     } else {
@@ -114,28 +118,6 @@ where
             .audit
             .log(connection_event(&conn, "block", reason));
     }
-}
-
-/// Runs a connection until it ends (`None`) or its [`Activity`] expires (`Some`). An idle
-/// connection is shut down gracefully (HTTP/2: GOAWAY) for at most a second; one stuck in a
-/// head is dropped. (A macro, not a generic function: rustc cannot show that such a function's
-/// future over a hyper connection is `Send`.)
-macro_rules! until_expired {
-    ($connection:expr, $expired:expr) => {{
-        // On the heap with its own size: HTTP/1.1 connections then do not carry the room an
-        // HTTP/2 one needs in the same future.
-        let mut connection = Box::pin($connection);
-        tokio::select! {
-            _ = connection.as_mut() => None,
-            expiry = $expired => {
-                if expiry == Expiry::Idle {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
-                }
-                Some(expiry)
-            }
-        }
-    }};
 }
 
 /// Serves HTTP/1.1, or HTTP/2 when `h2` (ALPN `h2`, or the prior-knowledge preface), until
@@ -155,27 +137,29 @@ where
     );
     let activity = Activity::new(h2);
     let conn = Arc::new(conn);
+    let handoff = Handoff::default();
     let svc = {
         let (proxy, conn, activity) = (proxy.clone(), conn.clone(), activity.clone());
-        let reflect = ReflectSet::default();
+        let (reflect, handoff) = (ReflectSet::default(), handoff.clone());
         service_fn(move |req| {
             let in_flight = activity.begin();
-            // Boxed: hyper keeps room for one service future per connection for as long as the
-            // connection lives, and a request's state is kilobytes; idle keep-alive
-            // connections should not hold that.
-            let response = Box::pin(service::handle(
+            let response = service::handle(
                 proxy.clone(),
                 conn.clone(),
                 reflect.clone(),
+                handoff.clone(),
                 req,
-            ));
-            async move {
+            );
+            // Boxed: hyper keeps room for one service future per connection for as long as the
+            // connection lives, and a request's state is kilobytes; idle keep-alive
+            // connections should not hold that. (And `rest::serve` needs it `Unpin`.)
+            Box::pin(async move {
                 let response = response.await?;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-            }
+            })
         })
     };
-    let io = TokioIo::new(Watched::new(io, activity.clone()));
+    let io = Watched::new(io, activity.clone());
     let expired = if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -184,8 +168,19 @@ where
             .keep_alive_timeout(idle.min(Duration::from_secs(20)))
             .max_concurrent_streams(limits.h2_max_streams)
             .max_header_list_size(limits.max_header_bytes);
-        let connection = builder.serve_connection(io, svc);
-        until_expired!(connection, activity.expired(head, idle))
+        // On the heap with its own size: HTTP/1.1 connections then do not carry the room an
+        // HTTP/2 one needs in the same future.
+        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
+        tokio::select! {
+            _ = connection.as_mut() => None,
+            expiry = activity.expired(head, idle, None) => {
+                if expiry == Expiry::Idle {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                }
+                Some(expiry)
+            }
+        }
     } else {
         let mut builder = http1::Builder::new();
         let max_head = limits.max_header_bytes as usize;
@@ -193,8 +188,15 @@ where
         if max_head > H1_BUFFER {
             builder.max_buf_size(max_head + 8192);
         }
-        let connection = builder.serve_connection(io, svc).with_upgrades();
-        until_expired!(connection, activity.expired(head, idle))
+        Box::pin(rest::serve(
+            builder,
+            io,
+            svc,
+            activity,
+            handoff,
+            (head, idle),
+        ))
+        .await
     };
     let reason = match expired {
         None => return,
@@ -204,6 +206,8 @@ where
             limits.request_head_secs,
         ),
         Some(Expiry::Idle) => timeouts::reason("idle_secs", "idle for", limits.idle_secs),
+        // Not returned: a connection at rest is picked up again.
+        Some(Expiry::Rest) => return,
     };
     proxy
         .cfg

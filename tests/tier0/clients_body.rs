@@ -375,6 +375,101 @@ print(json.dumps({"text": text, "binary_ok": binary == payload}))
     assert_eq!(frames[1].payload, b"\x00\x01\xfe\xff".repeat(5000));
 }
 
+/// One keep-alive connection, idle past the proxy's rest (250 ms: `src/proxy/rest.rs`, where
+/// hyper's buffers are freed) between its requests: the next request is served on the same
+/// connection, and a WebSocket upgrade after a rest works. A pipelining client whose next head
+/// is cut across a rest gets that request answered whole (and, as `rest.rs` says, the close
+/// HTTP allows).
+#[test]
+fn a_keep_alive_connection_serves_its_requests_across_rests() {
+    let fx = Fx::new();
+    let script = r#"
+import http.client, json, os, socket, ssl, sys, time, websocket
+host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+REST = 0.8  # over three times the proxy's rest
+proxy = os.environ.get("https_proxy")
+assert bool(proxy) == (os.environ["NETCAGE_TEST_TIER"] == "env")
+
+def connect():
+    if proxy:
+        ph, pp = proxy.rstrip("/").rsplit("//", 1)[-1].rsplit(":", 1)
+        raw = socket.create_connection((ph, int(pp)), timeout=20)
+        raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += raw.recv(1)
+        assert head.split()[1] == b"200", head
+    else:
+        raw = socket.create_connection((host, port), timeout=20)
+    ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(raw, server_hostname=host)
+
+def req(path):
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n").encode()
+
+def answer(s, kept=True):
+    r = http.client.HTTPResponse(s, method="GET")
+    r.begin()
+    body = json.loads(r.read())
+    if kept:
+        assert not r.will_close, ("the proxy closes the connection", r.getheaders())
+    return [r.status, body["target"]]
+
+out = []
+s = connect()
+s.sendall(req("/rest-1"))
+out.append(answer(s))
+time.sleep(REST)
+s.sendall(req("/rest-2"))
+out.append(answer(s))
+time.sleep(REST)
+ws = websocket.create_connection(f"wss://{host}:{port}/ws", socket=s, timeout=20,
+                                 header=[f"Authorization: Bearer {token}"])
+ws.send("after a rest")
+out.append(ws.recv())
+ws.close()
+# Pipelined: the next request's head starts in the same write as this one, ends after a rest.
+s = connect()
+third, fourth = req("/rest-3"), req("/rest-4")
+s.sendall(third + fourth[:20])
+out.append(answer(s))
+time.sleep(REST)
+s.sendall(fourth[20:])
+out.append(answer(s, kept=False))
+print(json.dumps(out))
+"#;
+    let token = fx.token();
+    let port = fx.up.port().to_string();
+    let out = fx.python(&[], script, &[BOUND, &port, &token]);
+    assert_eq!(
+        stdout_json(&out),
+        json!([
+            [200, "/rest-1"],
+            [200, "/rest-2"],
+            "after a rest",
+            [200, "/rest-3"],
+            [200, "/rest-4"]
+        ]),
+        "{}",
+        describe(&out)
+    );
+    let recs = fx.up.wait_for_requests(5, WAIT);
+    let paths: Vec<_> = recs.iter().map(|r| r.path().to_owned()).collect();
+    assert_eq!(paths, ["/rest-1", "/rest-2", "/ws", "/rest-3", "/rest-4"]);
+    for rec in &recs {
+        assert_eq!(
+            rec.header_str("authorization"),
+            Some(format!("Bearer {SECRET}")),
+            "{rec:#?}"
+        );
+    }
+    let frames = fx.up.ws_frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].payload, b"after a rest");
+}
+
 #[test]
 fn responses_that_echo_the_value_show_the_child_the_token() {
     let fx = Fx::new();

@@ -6,14 +6,15 @@
 use http::header;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::websocket;
+use crate::proxy::rest::Handoff;
 
 /// A request's ask to switch protocols: the client's side of the upgrade.
 pub(in crate::proxy) struct Requested {
-    client: OnUpgrade,
+    /// The connection's client stream, handed over after the 101 (`rest.rs`).
+    client: Handoff,
     /// `Upgrade: websocket`.
     pub websocket: bool,
 }
@@ -21,7 +22,10 @@ pub(in crate::proxy) struct Requested {
 /// The client's side of the upgrade, if `req` asks for one (HTTP/1.1 `Connection: upgrade`
 /// with an `Upgrade` header). A WebSocket upgrade loses `Sec-WebSocket-Extensions`:
 /// `permessage-deflate` would compress messages past the scanner and the redactor.
-pub(in crate::proxy) fn requested(req: &mut Request<Incoming>) -> Option<Requested> {
+pub(in crate::proxy) fn requested(
+    req: &mut Request<Incoming>,
+    handoff: &Handoff,
+) -> Option<Requested> {
     if !is_upgrade(req) {
         return None;
     }
@@ -34,7 +38,7 @@ pub(in crate::proxy) fn requested(req: &mut Request<Incoming>) -> Option<Request
         req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
     }
     Some(Requested {
-        client: hyper::upgrade::on(req),
+        client: handoff.clone(),
         websocket,
     })
 }
@@ -68,25 +72,22 @@ pub(in crate::proxy) fn switch(
         return false;
     };
     let upstream = hyper::upgrade::on(&mut *resp);
+    let client = requested.client.expect();
     if requested.websocket {
         // Extensions were not asked for; a server that names one anyway is not believed (a
         // compressed frame from it closes the connection as a protocol error).
         resp.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
         let session = session();
         tokio::spawn(async move {
-            if let (Ok(client), Ok(upstream)) = tokio::join!(requested.client, upstream) {
-                websocket::relay(TokioIo::new(client), TokioIo::new(upstream), session).await;
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) {
+                websocket::relay(client, TokioIo::new(upstream), session).await;
             }
         });
         return true;
     }
     tokio::spawn(async move {
-        if let (Ok(client), Ok(upstream)) = tokio::join!(requested.client, upstream) {
-            let _ = tokio::io::copy_bidirectional(
-                &mut TokioIo::new(client),
-                &mut TokioIo::new(upstream),
-            )
-            .await;
+        if let (Ok(mut client), Ok(upstream)) = tokio::join!(client, upstream) {
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut TokioIo::new(upstream)).await;
         }
     });
     true
