@@ -26,6 +26,7 @@
 //! respond.rs   errors become HTTP responses here, in one place
 //! io.rs        a stream with bytes already read put back in front
 //! workers.rs   the proxy's threads: one single-threaded runtime per core, connections pinned
+//! trim.rs      memory freed by connections returned to the system when the proxy goes quiet
 //! ```
 
 mod body;
@@ -46,6 +47,7 @@ mod stages;
 pub(crate) mod timeouts;
 mod tls;
 mod transparent;
+mod trim;
 mod tunnel;
 mod upstream;
 mod workers;

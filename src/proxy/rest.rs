@@ -119,6 +119,7 @@ where
             return None;
         }
         if resting && !stream.has_prefix() {
+            super::trim::freed();
             match wait_for_byte(&mut stream, &activity, (head, idle)).await {
                 Ok(true) => {}
                 Ok(false) => resting = false,

@@ -45,6 +45,7 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
         self.1.fetch_add(1, Ordering::Relaxed);
+        super::trim::freed();
     }
 }
 
@@ -88,6 +89,8 @@ impl Workers {
             }
             threads.push(thread?);
         }
+        // On the first worker: it only runs when the proxy has gone quiet.
+        workers[0].handle.spawn(super::trim::run());
         Ok(Workers {
             workers,
             ended: Arc::default(),
