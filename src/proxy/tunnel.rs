@@ -90,8 +90,11 @@ where
         let deadline = first_byte + Limits::secs(handshake);
         // Boxed (as the serving below): only what is live stays in this future's state.
         let accept = Box::pin(proxy.tls.accept(io, fallback.as_deref()));
+        // The TLS stream (1.2 KB) on the heap once, as soon as it is there: rustc keeps room in
+        // a future for every local whose scope spans an await, moved out or not, and each
+        // future that serves the stream would otherwise keep room for a copy of it.
         let (tls, sni) = match tokio::time::timeout_at(deadline, accept).await {
-            Ok(Ok(accepted)) => accepted,
+            Ok(Ok((tls, sni))) => (Box::new(tls), sni),
             Ok(Err(e)) => {
                 let event = connection_event(&conn, "error", e.to_string());
                 return proxy.cfg.audit.log(event);
@@ -101,9 +104,6 @@ where
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         conn.sni = sni;
         conn.tls = true;
-        // The TLS stream (2 KB) on the heap once: the futures that serve it then move a
-        // pointer, where each would otherwise keep room for a copy of it.
-        let tls = Box::new(tls);
         Box::pin(serve_http(proxy, tls, conn, h2)).await;
     } else if is_http {
         Box::pin(serve_http(proxy, io, conn, prior_knowledge_h2)).await;
