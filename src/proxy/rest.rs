@@ -9,8 +9,8 @@
 //! messages (its state says whether a request body is still to be drained, which the stream
 //! alone does not). One case loses the keep-alive: a client that pipelines, sending part of its
 //! next request head before the previous response and the rest more than [`REST_AFTER`] later.
-//! hyper then answers that request whole, with `connection: close`, and closes, as HTTP allows
-//! a server to; nothing is lost, and the client opens a new connection for what follows.
+//! hyper then answers that request whole, with `connection: close`, and the connection is
+//! closed, as HTTP allows a server to; nothing is lost, and the client opens a new connection for what follows.
 //!
 //! Taking hyper's connection apart means upgrades are done here too: hyper hands back the
 //! stream after a `101`, and [`Handoff`] passes it to the task that joins it to the server's.
@@ -84,6 +84,7 @@ where
         // On the heap: a resting connection keeps none of hyper's room.
         let mut connection = Box::new(builder.serve_connection(TokioIo::new(io), svc));
         let mut resting = false;
+        let mut begun = 0;
         let served = loop {
             let rest = (!resting).then_some(REST_AFTER);
             tokio::select! {
@@ -92,6 +93,7 @@ where
                     Expiry::Rest => {
                         std::pin::Pin::new(&mut *connection).graceful_shutdown();
                         resting = true;
+                        begun = activity.begun();
                     }
                     Expiry::Idle => {
                         std::pin::Pin::new(&mut *connection).graceful_shutdown();
@@ -117,6 +119,11 @@ where
         let mut stream = Prefixed::new(read, stream);
         if served.is_err() {
             return None;
+        }
+        if resting && activity.begun() != begun {
+            // A request hyper had begun to read when the rest came was answered with
+            // `connection: close` (the pipelined case above): close, as it said.
+            resting = false;
         }
         if resting && !stream.has_prefix() {
             super::trim::freed();

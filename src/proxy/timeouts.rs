@@ -30,6 +30,8 @@ const NOT_YET: u64 = u64::MAX;
 pub struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun so far.
+    begun: AtomicU64,
     /// Milliseconds after `start` when the last request ended (or the connection began).
     idle_since: AtomicU64,
     /// Milliseconds after `start` when the first byte of the next request head arrived.
@@ -55,6 +57,7 @@ impl Activity {
         Arc::new(Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(NOT_YET),
             h2,
@@ -68,8 +71,14 @@ impl Activity {
     /// A request (its head complete) begins; it is in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NOT_YET, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Requests begun so far on this connection.
+    pub fn begun(&self) -> u64 {
+        self.begun.load(Ordering::Relaxed)
     }
 
     /// Bytes arrived from the client: with nothing in flight on HTTP/1.1, a head begins.

@@ -378,8 +378,8 @@ print(json.dumps({"text": text, "binary_ok": binary == payload}))
 /// One keep-alive connection, idle past the proxy's rest (250 ms: `src/proxy/rest.rs`, where
 /// hyper's buffers are freed) between its requests: the next request is served on the same
 /// connection, and a WebSocket upgrade after a rest works. A pipelining client whose next head
-/// is cut across a rest gets that request answered whole (and, as `rest.rs` says, the close
-/// HTTP allows).
+/// is cut across a rest gets that request answered whole, and then (as `rest.rs` says, and
+/// HTTP allows) a closed connection.
 #[test]
 fn a_keep_alive_connection_serves_its_requests_across_rests() {
     let fx = Fx::new();
@@ -438,6 +438,9 @@ out.append(answer(s))
 time.sleep(REST)
 s.sendall(fourth[20:])
 out.append(answer(s, kept=False))
+# ... and the proxy closes that connection, as its `connection: close` said.
+s.settimeout(10)
+out.append(s.recv(1) == b"")
 print(json.dumps(out))
 "#;
     let token = fx.token();
@@ -450,7 +453,8 @@ print(json.dumps(out))
             [200, "/rest-2"],
             "after a rest",
             [200, "/rest-3"],
-            [200, "/rest-4"]
+            [200, "/rest-4"],
+            true
         ]),
         "{}",
         describe(&out)
