@@ -1,6 +1,6 @@
 //! HTTP/1.1 client connections, served by hyper, with idle keep-alive connections put to rest:
 //! after [`REST_AFTER`] with nothing in flight, hyper's connection is taken apart (its read and
-//! write buffers and its state, ~23 KiB) and only the client's stream is kept, with whatever
+//! write buffers and its state) and only the client's stream is kept, with whatever
 //! hyper had read but not used; the next byte from the client starts a new hyper connection
 //! on the same stream, so the client sees one keep-alive connection throughout. (nginx frees
 //! an idle keep-alive connection's buffers the same way.)
@@ -10,7 +10,8 @@
 //! alone does not). One case loses the keep-alive: a client that pipelines, sending part of its
 //! next request head before the previous response and the rest more than [`REST_AFTER`] later.
 //! hyper then answers that request whole, with `connection: close`, and the connection is
-//! closed, as HTTP allows a server to; nothing is lost, and the client opens a new connection for what follows.
+//! closed, as HTTP allows a server to; nothing is lost, and the client opens a new connection
+//! for what follows.
 //!
 //! Taking hyper's connection apart means upgrades are done here too: hyper hands back the
 //! stream after a `101`, and [`Handoff`] passes it to the task that joins it to the server's.
@@ -34,7 +35,7 @@ use super::io::Prefixed;
 use super::timeouts::{Activity, Expiry, Watched};
 
 /// How long an HTTP/1.1 connection has nothing in flight before it is put to rest.
-pub const REST_AFTER: Duration = Duration::from_millis(250);
+const REST_AFTER: Duration = Duration::from_millis(250);
 
 /// The client's side of an upgraded connection.
 pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}

@@ -1,8 +1,8 @@
 //! Memory that connections gave back, returned to the system once the proxy goes quiet.
 //! glibc's malloc keeps what is freed in the middle of its heap for reuse, so a proxy that
 //! held many busy connections kept their room after they went to rest or closed (RSS with
-//! 1,000 keep-alive connections at rest 40.4 MiB, 35.6 after a `malloc_trim`, measured on
-//! `scripts/bench`'s set-up). A tick every [`TICK`] trims when something was freed since the
+//! 1,000 keep-alive connections at rest 40.4 MiB, 35.6 after a `malloc_trim` called from gdb,
+//! measured with `scripts/bench`'s nginx and load generator on a freshly started proxy). A tick every [`TICK`] trims when something was freed since the
 //! last trim and nothing in the last tick: a busy proxy is never trimmed (its free memory is
 //! about to be used again, and trimming it would only cost page faults), a proxy that has just
 //! gone quiet is trimmed once.
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often the proxy looks whether it has gone quiet.
-pub const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(250);
 
 static FREED: AtomicU64 = AtomicU64::new(0);
 
