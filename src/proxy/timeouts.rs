@@ -168,6 +168,40 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
+/// A request's answer: its response, with the body [`Tracked`]. A future of its own rather
+/// than an `async` block: an `async` block awaiting a future it captured keeps room for that
+/// future twice (the request's future was 6,464 bytes that way, copied to the heap for every
+/// request, and is 3,224 now).
+pub struct Answer<F> {
+    response: Pin<Box<F>>,
+    in_flight: Option<InFlight>,
+}
+
+impl<F> Answer<F> {
+    pub fn new(response: F, in_flight: InFlight) -> Self {
+        Answer {
+            response: Box::pin(response),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<F, B, E> Future for Answer<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Tracked<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(self.response.as_mut().poll(cx))?;
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("an Answer is not polled after it is done");
+        Poll::Ready(Ok(response.map(|body| Tracked::new(body, in_flight))))
+    }
+}
+
 /// The client side of a connection, telling its [`Activity`] when bytes arrive.
 pub struct Watched<IO> {
     inner: IO,

@@ -2,7 +2,6 @@
 //! TLS is intercepted, plain HTTP is served, and anything else is relayed as raw bytes only when
 //! the policy lists its `host:port`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use super::io::Prefixed;
 use super::rest::{self, Handoff};
 use super::service::{self, ReflectSet};
-use super::timeouts::{self, Activity, Expiry, Tracked, Watched};
+use super::timeouts::{self, Activity, Answer, Expiry, Watched};
 use super::{ConnInfo, Proxy};
 use crate::audit::Event;
 use crate::policy::Limits;
@@ -150,13 +149,10 @@ where
                 handoff.clone(),
                 req,
             );
-            // Boxed: hyper keeps room for one service future per connection for as long as the
-            // connection lives, and a request's state is kilobytes; idle keep-alive
+            // The request's state (kilobytes) on the heap: hyper keeps room for one service
+            // future per connection for as long as the connection lives, and idle keep-alive
             // connections should not hold that. (And `rest::serve` needs it `Unpin`.)
-            Box::pin(async move {
-                let response = response.await?;
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-            })
+            Answer::new(response, in_flight)
         })
     };
     let io = Watched::new(io, activity.clone());
