@@ -37,7 +37,13 @@ pub struct Upstream {
     pub resolver: Resolver,
     /// `--resolve NAME:PORT=IP:PORT` pins, for the connector ([`Pinned`]).
     port_pins: Arc<HashMap<(String, u16), SocketAddr>>,
+    /// Each pool's share of [`IDLE_PER_HOST`].
+    idle_per_pool: usize,
 }
+
+/// Idle upstream connections kept per host, for the whole proxy: split between the workers'
+/// pools, so that more cores do not mean more idle connections held.
+const IDLE_PER_HOST: usize = 64;
 
 struct Clients {
     any: HttpClient,
@@ -58,6 +64,7 @@ impl Upstream {
             clients: (0..=workers).map(|_| OnceLock::new()).collect(),
             resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
             port_pins: Arc::new(cfg.resolve_ports.clone()),
+            idle_per_pool: IDLE_PER_HOST.div_ceil(workers.max(1)).max(4),
         })
     }
 
@@ -106,7 +113,7 @@ impl Upstream {
         let client = |h2: bool| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(64)
+                .pool_max_idle_per_host(self.idle_per_pool)
                 .build(connector(h2))
         };
         Clients {
