@@ -45,6 +45,11 @@ pub struct Upstream {
 /// pools, so that more cores do not mean more idle connections held.
 const IDLE_PER_HOST: usize = 64;
 
+/// One worker pool's share of [`IDLE_PER_HOST`] (at least 4, so many cores still reuse).
+fn idle_per_pool(workers: usize) -> usize {
+    IDLE_PER_HOST.div_ceil(workers.max(1)).max(4)
+}
+
 struct Clients {
     any: HttpClient,
     http1: HttpClient,
@@ -64,7 +69,7 @@ impl Upstream {
             clients: (0..=workers).map(|_| OnceLock::new()).collect(),
             resolver: Resolver::new(&cfg.resolve, &cfg.policy.egress.allow),
             port_pins: Arc::new(cfg.resolve_ports.clone()),
-            idle_per_pool: IDLE_PER_HOST.div_ceil(workers.max(1)).max(4),
+            idle_per_pool: idle_per_pool(workers),
         })
     }
 
@@ -403,5 +408,13 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
         let allowing = Resolver::new(&HashMap::new(), &["localhost".to_owned()]);
         assert!(!allowing.lookup("localhost", 80).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_idle_cap_is_for_the_whole_proxy_not_each_worker() {
+        // 64 idle connections per host in all, however many worker pools share them.
+        for (workers, each) in [(0, 64), (1, 64), (2, 32), (3, 22), (8, 8), (16, 4), (64, 4)] {
+            assert_eq!(idle_per_pool(workers), each, "{workers} workers");
+        }
     }
 }
