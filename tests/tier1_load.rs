@@ -829,3 +829,80 @@ print(json.dumps({"h1_big": h1(5000), "h1_ok": h1(3000), "h2_big": h2(5000), "h2
         assert_eq!(paths.len(), 2, "{paths:?}");
     });
 }
+
+/// A keep-alive connection at rest between requests (its serving handed to a task of its own,
+/// `workers::detach`) still holds its place in the command's budget: with
+/// `connections_per_exec = 3`, three connections that have each served a request and rested
+/// leave no room for a fourth, and each serves its next request.
+#[test]
+fn connections_at_rest_keep_their_place_in_the_exec_budget() {
+    for_each_mode(|mode| {
+        let fx = Fx::new(mode);
+        let policy = fx.write("policy.toml", "[limits]\nconnections_per_exec = 3\n");
+        let script = format!(
+            "{PRELUDE}{}",
+            r#"
+def get(s, path):
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), HOST.encode()))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = s.recv(65536)
+        if not data:
+            return "closed"
+        buf += data
+    head, body = buf.split(b"\r\n\r\n", 1)
+    m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    while m and len(body) < int(m.group(1)):
+        data = s.recv(65536)
+        if not data:
+            return "closed"
+        body += data
+    return head.split(b"\r\n")[0].decode()
+
+held = [tls() for _ in range(3)]
+first = [get(s, "/rest-%d-a" % i) for i, s in enumerate(held)]
+# Nothing in flight for 250 ms puts a connection at rest.
+time.sleep(1.0)
+try:
+    extra = get(tls(), "/rest-extra")
+except (OSError, ssl.SSLError) as e:
+    extra = "refused: " + type(e).__name__
+second = [get(s, "/rest-%d-b" % i) for i, s in enumerate(held)]
+print(json.dumps({"first": first, "extra": extra, "second": second}))
+"#
+        );
+        let port = fx.up.port().to_string();
+        let out = fx.python(
+            &["--policy", policy.to_str().unwrap()],
+            &script,
+            &[BOUND, &port],
+        );
+        let name = mode.name();
+        let got: Value = serde_json::from_str(stdout_str(succeeded(&out)).trim())
+            .unwrap_or_else(|e| panic!("[{name}] {e}: {}", describe(&out)));
+        let ok = serde_json::json!(["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]);
+        assert_eq!(got["first"], ok, "[{name}] {got}");
+        assert!(
+            got["extra"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("refused"),
+            "[{name}] a fourth connection got past the cap of 3: {got}"
+        );
+        assert_eq!(got["second"], ok, "[{name}] {got}");
+        let mut paths: Vec<String> = fx
+            .up
+            .requests()
+            .iter()
+            .map(|r| r.path().to_owned())
+            .collect();
+        paths.sort();
+        let want: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|round| (0..3).map(move |i| format!("/rest-{i}-{round}")))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(paths, want, "[{name}] what the upstream received");
+    });
+}

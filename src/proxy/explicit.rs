@@ -84,6 +84,8 @@ async fn handle_conn(
     };
     let exec = admitted.exec.clone();
     let process = admitted.process.clone();
+    // Its place in the exec's budget, for as long as the connection is open.
+    let _admitted = super::workers::keep(admitted);
     let log = |decision, host: Option<String>, reason: String| {
         let mut event = Event::new("connection", decision);
         event.exec = exec.clone();

@@ -59,6 +59,8 @@ async fn handle(
     };
     let exec = admitted.exec.clone();
     let process = admitted.process.clone();
+    // Its place in the exec's budget, for as long as the connection is open.
+    let _admitted = super::workers::keep(admitted);
     let Some(dst) = original_dst(&stream) else {
         let conn = ConnInfo {
             client,
@@ -92,6 +94,7 @@ async fn handle(
             IpAddr::V6(v6) => v6.to_canonical().to_string(),
         },
     };
+    let _held = held.and_then(super::workers::keep);
     let conn = ConnInfo {
         client,
         exec,

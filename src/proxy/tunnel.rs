@@ -156,7 +156,8 @@ where
         })
     };
     let io = Watched::new(io, activity.clone());
-    let expired = if h2 {
+    let secs = (limits.request_head_secs, limits.idle_secs);
+    if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -167,7 +168,7 @@ where
         // On the heap with its own size: HTTP/1.1 connections then do not carry the room an
         // HTTP/2 one needs in the same future.
         let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
-        tokio::select! {
+        let expired = tokio::select! {
             _ = connection.as_mut() => None,
             expiry = activity.expired(head, idle, None) => {
                 if expiry == Expiry::Idle {
@@ -176,39 +177,48 @@ where
                 }
                 Some(expiry)
             }
-        }
-    } else {
-        let mut builder = http1::Builder::new();
-        let max_head = limits.max_header_bytes as usize;
-        builder.max_header_size(max_head);
-        if max_head > H1_BUFFER {
-            builder.max_buf_size(max_head + 8192);
-        }
-        Box::pin(rest::serve(
-            builder,
-            io,
-            svc,
-            activity,
-            handoff,
-            (head, idle),
-        ))
-        .await
+        };
+        return log_expiry(&proxy, &conn, secs, expired);
+    }
+    let mut builder = http1::Builder::new();
+    let max_head = limits.max_header_bytes as usize;
+    builder.max_header_size(max_head);
+    if max_head > H1_BUFFER {
+        builder.max_buf_size(max_head + 8192);
+    }
+    // The rest of the connection in a task of its own on this worker, with what the
+    // connection keeps (`workers::detach`): the futures that brought it here (the accept, the
+    // CONNECT or the redirect, the handshake, the tunnel) end now, and a connection at rest
+    // between requests holds only this task's state.
+    let kept = super::workers::detach();
+    let detached = kept.is_some();
+    let serving = async move {
+        let _kept = kept;
+        let expired = rest::serve(builder, io, svc, activity, handoff, (head, idle)).await;
+        log_expiry(&proxy, &conn, secs, expired);
     };
+    if detached {
+        tokio::spawn(serving);
+    } else {
+        Box::pin(serving).await;
+    }
+}
+
+/// The audit line for a connection a limit closed: `limits.request_head_secs` or
+/// `limits.idle_secs` (`secs`, in that order); nothing when it ended otherwise.
+fn log_expiry(proxy: &Proxy, conn: &ConnInfo, secs: (f64, f64), expired: Option<Expiry>) {
     let reason = match expired {
         None => return,
         Some(Expiry::Head) => timeouts::reason(
             "request_head_secs",
             "the request head was not complete after",
-            limits.request_head_secs,
+            secs.0,
         ),
-        Some(Expiry::Idle) => timeouts::reason("idle_secs", "idle for", limits.idle_secs),
+        Some(Expiry::Idle) => timeouts::reason("idle_secs", "idle for", secs.1),
         // Not returned: a connection at rest is picked up again.
         Some(Expiry::Rest) => return,
     };
-    proxy
-        .cfg
-        .audit
-        .log(connection_event(&conn, "block", reason));
+    proxy.cfg.audit.log(connection_event(conn, "block", reason));
 }
 
 /// hyper's HTTP/1.1 read buffer (its default `max_buf_size`): a larger head limit raises it.

@@ -5,7 +5,7 @@
 //! itself: one runtime per core cut the proxy's CPU per request by a fifth to a quarter against
 //! one multi-threaded runtime (scripts/bench, "proxy CPU µs/req").
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -17,6 +17,44 @@ use tokio::sync::watch;
 thread_local! {
     /// Which worker this thread is (None on threads that are not a proxy worker).
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+tokio::task_local! {
+    /// What the connection this task serves keeps for as long as it is open.
+    static CONNECTION: RefCell<Option<Kept>>;
+}
+
+/// What a connection keeps while it is open: its place in its worker's count and the guards
+/// its code gave [`keep`] (its place in an exec's budget, its name's address). [`detach`]
+/// hands it to the task that serves the rest of the connection.
+pub struct Kept {
+    // Dropped in this order: the guards are let go before the connection counts as ended.
+    guards: Vec<Box<dyn Send>>,
+    _served: Served,
+}
+
+/// Keeps `guard` until the connection the calling task serves ends, even if a task of its own
+/// goes on serving it ([`detach`]). Outside a connection's task it is handed back, for the
+/// caller to hold.
+pub fn keep<G: Send + 'static>(guard: G) -> Option<G> {
+    let mut guard = Some(guard);
+    let _ = CONNECTION.try_with(|kept| {
+        if let Some(kept) = kept.borrow_mut().as_mut() {
+            kept.guards
+                .extend(guard.take().map(|g| Box::new(g) as Box<dyn Send>));
+        }
+    });
+    guard
+}
+
+/// Takes what the calling task's connection keeps, for a task that goes on serving it (on
+/// this worker): the task that accepted it can then end, and the futures that brought the
+/// connection this far with it. None outside a connection's task, or once taken.
+pub fn detach() -> Option<Kept> {
+    CONNECTION
+        .try_with(|kept| kept.borrow_mut().take())
+        .ok()
+        .flatten()
 }
 
 /// The index of the worker running the caller, if it runs on one.
@@ -121,11 +159,13 @@ impl Workers {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .expect("at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let served = Served(worker.load.clone(), self.ended.clone());
-        worker.handle.spawn(async move {
-            let _served = served;
-            conn().await
-        });
+        let kept = Kept {
+            guards: Vec::new(),
+            _served: Served(worker.load.clone(), self.ended.clone()),
+        };
+        worker
+            .handle
+            .spawn(CONNECTION.scope(RefCell::new(Some(kept)), async move { conn().await }));
     }
 
     /// Stops every worker and waits until each has dropped its connections. From a worker
