@@ -39,9 +39,11 @@ pub struct Kept {
 pub fn keep<G: Send + 'static>(guard: G) -> Option<G> {
     let mut guard = Some(guard);
     let _ = CONNECTION.try_with(|kept| {
-        if let Some(kept) = kept.borrow_mut().as_mut() {
-            kept.guards
-                .extend(guard.take().map(|g| Box::new(g) as Box<dyn Send>));
+        // The guard is taken only when there is somewhere to keep it.
+        if let Some(kept) = kept.borrow_mut().as_mut()
+            && let Some(g) = guard.take()
+        {
+            kept.guards.push(Box::new(g));
         }
     });
     guard
