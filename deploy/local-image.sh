@@ -4,9 +4,9 @@
 # it from source in a Rust image instead).
 #   deploy/local-image.sh [path/to/netcage] [image name]
 set -euo pipefail
-bin=${1:-target/release/netcage}
+bin=${1:-target/dist/netcage}
 image=${2:-localhost/netcage:latest}
-[ -x "$bin" ] || { echo "local-image: $bin is not an executable: build it first (cargo build --release)" >&2; exit 2; }
+[ -x "$bin" ] || { echo "local-image: $bin is not an executable: build it first (cargo build --profile dist --bin netcage)" >&2; exit 2; }
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs/etc/ssl/certs"

@@ -40,9 +40,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
-NETCAGE = RELEASE / "netcage"
-LOADGEN = RELEASE / "examples" / "loadgen"
+# The cargo profile the binaries were built with (scripts/bench builds them): `dist`, the one
+# shipped binaries use (whole-program LTO), unless --profile says otherwise.
+PROFILE = "dist"
+NETCAGE = LOADGEN = None
+
+
+def use_profile(name):
+    global PROFILE, NETCAGE, LOADGEN
+    PROFILE = name
+    out = ROOT / "target" / ("debug" if name == "dev" else name)
+    NETCAGE, LOADGEN = out / "netcage", out / "examples" / "loadgen"
+
+
+use_profile(PROFILE)
 VENV = ROOT / "target" / "bench-venv"
 OUT = ROOT / "target" / "bench"
 HOST = "bench.local"
@@ -817,7 +828,7 @@ def markdown(meta, results, rss, startup, targets, variants, skipped):
     L = []
     L.append(f"## netcage benchmark — {meta['date']}")
     L.append("")
-    L.append(f"`{meta['git']}` · {meta['cpus']} CPUs · load average before {meta['load_before']}"
+    L.append(f"`{meta['git']}` (profile {meta['profile']}) · {meta['cpus']} CPUs · load average before {meta['load_before']}"
              f" · {meta['rounds']} interleaved rounds × {meta['duration']} s per cell · "
              "medians over rounds; ratio = median of per-round ratios to direct")
     L.append("")
@@ -928,11 +939,16 @@ def main():
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--no-startup", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--profile", default=PROFILE,
+                    help="cargo profile of the binaries to measure (default dist; scripts/bench "
+                         "builds them with it)")
     args = ap.parse_args()
+    use_profile(args.profile)
 
     for tool in (NETCAGE, LOADGEN):
         if not tool.exists():
-            sys.exit(f"bench: {tool} missing: run scripts/bench (it builds first)")
+            sys.exit(f"bench: {tool} missing: run scripts/bench (it builds first, with "
+                     f"cargo build --profile {PROFILE})")
     if not shutil.which("nginx"):
         sys.exit("bench: nginx not found (the upstream every variant is measured against): "
                  "run scripts/bench, which installs it, or apt-get install nginx")
@@ -950,7 +966,7 @@ def main():
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "git": git, "cpus": os.cpu_count(), "kernel": platform.release(),
             "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "rounds": args.rounds, "duration": args.duration,
+            "rounds": args.rounds, "duration": args.duration, "profile": PROFILE,
         }
         log(f"temp dir {b.tmp}")
         b.setup()
