@@ -291,7 +291,7 @@ fn timing_steps_come_from_netcage_and_its_holder_in_order() {
         let order = [
             "main",
             "resolved",
-            "holder: spec received",
+            "holder: layout received",
             "holder: built",
             "init: ready",
             "proxy up",
@@ -309,6 +309,13 @@ fn timing_steps_come_from_netcage_and_its_holder_in_order() {
                 pair[1]
             );
         }
+        // The holder builds the network while netcage resolves the rest: its spec may come
+        // before "resolved", its layout after.
+        assert!(
+            at("holder: spec received").0 <= at("holder: layout received").0,
+            "[{}] the holder got its layout before its spec:\n{stderr}",
+            mode.name()
+        );
         let netcage = at("resolved").1;
         assert_eq!(at("main").1, netcage, "{stderr}");
         assert_eq!(at("audit flushed").1, netcage, "{stderr}");

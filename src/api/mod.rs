@@ -50,7 +50,6 @@ use crate::env::SealedVar;
 use crate::policy::Policy;
 use crate::proxy::dns::{self, SyntheticNames};
 use crate::proxy::{Proxy, ProxyConfig, SealedValue, serve_transparent};
-use crate::sandbox::control::HolderSpec;
 use crate::sandbox::execs::{ExecInfo, Execs};
 use crate::sandbox::{detect, launch, plan};
 use crate::token::{self, Key};
@@ -197,12 +196,14 @@ impl Sandbox {
         if let Some(mut holder) = holder {
             let _ = tokio::task::spawn_blocking(move || holder.wait()).await;
         }
+        crate::timing::mark("holder reaped");
         self.execs.closed().await;
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
         let proxy = self.proxy.clone();
         let _ = tokio::task::spawn_blocking(move || proxy.shutdown()).await;
+        crate::timing::mark("proxy stopped");
         // Its last read picks up packets dropped just before the end.
         let nflog = lock(&self.nflog).take();
         if let Some((stop, thread)) = nflog {
@@ -523,7 +524,6 @@ impl Started {
     /// beforehand, or a new one) its spec and returns while it builds the sandbox; the caller
     /// can do other work before [`Launching::wait`].
     pub fn begin(&self, pending: Option<launch::Pending>) -> Result<Launching, Error> {
-        let root = detect::quick();
         let data_dir = std::fs::canonicalize(&self.data_dir).map_err(|e| {
             Error(format!(
                 "cannot resolve the data dir {}: {e}",
@@ -535,13 +535,7 @@ impl Started {
             None => launch::Pending::spawn(&self.netcage).map_err(Error)?,
         };
         let (view, secrets) = view::filesystem_view(self, &data_dir)?;
-        let spec = HolderSpec {
-            rootless: !root,
-            layout: view.ops.clone(),
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        };
-        let building = pending.start(&spec).map_err(Error)?;
+        let building = pending.start(&view.ops).map_err(Error)?;
         Ok(Launching {
             building,
             view,

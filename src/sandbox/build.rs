@@ -10,14 +10,17 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 
 use super::control::{HolderSpec, SocketKind};
+use super::layout::Op;
 use super::plan::Ports;
 use super::{mounts, netlink, nft};
 
-/// What the holder hands back: the sockets for the proxy, their kinds, and notes for the user.
-pub type Built = (Vec<SocketKind>, Vec<OwnedFd>, Vec<String>);
+/// The network part: the sockets for the proxy and their kinds.
+pub type Network = (Vec<SocketKind>, Vec<OwnedFd>);
 
-/// Builds everything but the pid namespace (that is init's, see `holder`).
-pub fn build(spec: &HolderSpec) -> Result<Built, String> {
+/// Builds the namespaces but the pid namespace (that is init's, see `holder`), the uid map,
+/// loopback, the listeners and the nft rules: everything that does not depend on the
+/// filesystem view, which [`filesystem`] applies once it has come.
+pub fn network(spec: &HolderSpec) -> Result<Network, String> {
     let (uid, gid) = (spec.uid, spec.gid);
     // The pid namespace comes last, just before init is forked: the first process forked after
     // it becomes its pid 1.
@@ -107,12 +110,18 @@ pub fn build(spec: &HolderSpec) -> Result<Built, String> {
         kinds.push(SocketKind::Nflog);
         fds.push(fd);
     }
-    let notes = mounts::apply(&spec.layout)?;
+    Ok((kinds, fds))
+}
+
+/// Applies the filesystem view (in the mount namespace [`network`] made) and returns its
+/// notes for the user.
+pub fn filesystem(layout: &[Op]) -> Result<Vec<String>, String> {
+    let notes = mounts::apply(layout)?;
     crate::timing::mark("holder: mounts applied");
     // The working directory is a new mount now (or behind one, when it is hidden): enter it
     // again by path, through the new mounts.
     if let Ok(cwd) = std::env::current_dir() {
         std::env::set_current_dir(&cwd).map_err(|e| format!("re-enter {}: {e}", cwd.display()))?;
     }
-    Ok((kinds, fds, notes))
+    Ok(notes)
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! proxy side                          holder / init
-//!   HolderSpec ──────────────────────▶ holder builds the namespaces
+//!   HolderSpec ──────────────────────▶ holder builds the namespaces and the network
+//!   HolderLayout ────────────────────▶ holder applies the filesystem view
 //!              ◀────────────────────── Built{kinds} + sockets | BuildFailed
 //!                                      init (pid 1) mounts /proc
 //!              ◀────────────────────── Ready + /proc dir | BuildFailed
@@ -22,16 +23,21 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::Op;
 
-/// What the holder needs to build the sandbox.
+/// What the holder needs to build the namespaces and the network: sent as soon as it is
+/// started, so that it builds them while netcage works out the filesystem view.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HolderSpec {
     /// No CAP_NET_ADMIN: use a user namespace.
     pub rootless: bool,
-    /// The filesystem view (`layout`).
-    pub layout: Vec<Op>,
     /// uid and gid to map in the user namespace (rootless).
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The filesystem view (`layout`), the holder's second message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderLayout {
+    pub ops: Vec<Op>,
 }
 
 /// Kinds of the sockets in [`FromSandbox::Built`], in the order of the descriptors.

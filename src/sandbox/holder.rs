@@ -2,8 +2,9 @@
 //! holds no secret of the proxy's: not its memory, not its environment).
 //!
 //! ```text
-//! holder: reads the HolderSpec on fd 3, builds the namespaces (build.rs), sends the sockets
-//!         back, unshares the pid namespace and forks init, then only waits for it
+//! holder: reads the HolderSpec on fd 3, builds the namespaces and the network (build.rs)
+//!         while netcage works out the view, applies the HolderLayout that follows, sends the
+//!         sockets back, unshares the pid namespace and forks init, then only waits for it
 //!   └─ init (pid 1): mounts /proc, sends Ready; then serves the control socket: forks each
 //!        command asked for, reports its pid and its exit, passes signals on
 //!        └─ commands: no capabilities (bounding set too), no_new_privs
@@ -30,8 +31,8 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::build::build;
-use super::control::{FromSandbox, HolderSpec, Spawn, ToSandbox};
+use super::build;
+use super::control::{FromSandbox, HolderLayout, HolderSpec, Spawn, ToSandbox};
 use super::fdpass;
 use super::mounts::{READ_ONLY, make_read_only};
 
@@ -60,7 +61,17 @@ pub fn holder_main() -> i32 {
         _ => return 1,
     };
     crate::timing::mark("holder: spec received");
-    let built = build(&spec);
+    // The network is built while netcage works out the view; a failure is reported after the
+    // view has come, as the answer to it.
+    let network = build::network(&spec);
+    let layout: HolderLayout = match fdpass::recv(&sock) {
+        Ok(Some((layout, _))) => layout,
+        _ => return 1,
+    };
+    crate::timing::mark("holder: layout received");
+    let built = network
+        .and_then(|(kinds, fds)| build::filesystem(&layout.ops).map(|notes| (kinds, fds, notes)));
+    drop(layout);
     crate::timing::mark("holder: built");
     let sent = match &built {
         Ok((kinds, fds, notes)) => {

@@ -13,9 +13,10 @@ use std::process::{Child, Stdio};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
-use super::control::{FromSandbox, HolderSpec, SocketKind};
+use super::control::{FromSandbox, HolderLayout, HolderSpec, SocketKind};
 use super::fdpass;
 use super::holder::CONTROL_FD;
+use super::layout::Op;
 
 /// The namespace's sockets, now owned by the proxy.
 pub struct SandboxSockets {
@@ -65,7 +66,8 @@ impl Drop for Unfinished {
 }
 
 impl Pending {
-    /// Starts the holder; it waits for its spec on the control socket.
+    /// Starts the holder and gives it its [`HolderSpec`]: it builds the namespaces and the
+    /// network, then waits for the filesystem view ([`Pending::start`]).
     pub fn spawn(exe: &Path) -> Result<Pending, String> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -115,15 +117,28 @@ impl Pending {
             .map_err(|e| format!("cannot start the sandbox holder {}: {e}", exe.display()))?;
         drop(theirs);
         crate::timing::mark("holder spawned");
-        Ok(Pending {
+        let pending = Pending {
             holder: Unfinished(Some(holder)),
             sock: ours,
-        })
+        };
+        let spec = HolderSpec {
+            rootless: !super::detect::quick(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        };
+        // Dropping `pending` on an error kills the holder.
+        fdpass::send(&pending.sock, &spec, &[])
+            .map_err(|e| format!("starting the sandbox: {e}"))?;
+        Ok(pending)
     }
 
-    /// Gives the holder its spec; it builds the sandbox meanwhile ([`Building::wait`]).
-    pub fn start(self, spec: &HolderSpec) -> Result<Building, String> {
-        fdpass::send(&self.sock, spec, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
+    /// Gives the holder the filesystem view; it finishes the sandbox meanwhile
+    /// ([`Building::wait`]).
+    pub fn start(self, layout: &[Op]) -> Result<Building, String> {
+        let layout = HolderLayout {
+            ops: layout.to_vec(),
+        };
+        fdpass::send(&self.sock, &layout, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
         Ok(Building {
             holder: self.holder,
             sock: self.sock,

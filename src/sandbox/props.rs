@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::control::{FromSandbox, HolderSpec, SocketKind, Spawn, ToSandbox};
+use super::control::{FromSandbox, HolderLayout, HolderSpec, SocketKind, Spawn, ToSandbox};
 use super::layout::Op;
 use super::{fdpass, nflog};
 use crate::fuzz::{bytes, check, mutated};
@@ -192,18 +192,15 @@ fn from_sandbox() -> impl Strategy<Value = FromSandbox> {
 }
 
 fn holder_spec() -> impl Strategy<Value = HolderSpec> {
-    (
-        any::<bool>(),
-        prop::collection::vec(op(), 0..6),
-        any::<u32>(),
-        any::<u32>(),
-    )
-        .prop_map(|(rootless, layout, uid, gid)| HolderSpec {
-            rootless,
-            layout,
-            uid,
-            gid,
-        })
+    (any::<bool>(), any::<u32>(), any::<u32>()).prop_map(|(rootless, uid, gid)| HolderSpec {
+        rootless,
+        uid,
+        gid,
+    })
+}
+
+fn holder_layout() -> impl Strategy<Value = HolderLayout> {
+    prop::collection::vec(op(), 0..6).prop_map(|ops| HolderLayout { ops })
 }
 
 /// `bytes` decoded as a `T` (as [`fdpass::recv`] does): no panic, and what comes out is no
@@ -231,6 +228,7 @@ fn encoded<T: Serialize + std::fmt::Debug>(
 /// Every control message type, on `bytes`.
 fn decode_all_kinds(bytes: &[u8]) -> Result<(), TestCaseError> {
     decodes_within::<HolderSpec>(bytes)?;
+    decodes_within::<HolderLayout>(bytes)?;
     decodes_within::<ToSandbox>(bytes)?;
     decodes_within::<FromSandbox>(bytes)?;
     Ok(())
@@ -254,6 +252,7 @@ fn control_messages_on_any_bytes() {
 fn control_messages_on_mutated_messages() {
     let strategy = mutated(prop_oneof![
         encoded(holder_spec()),
+        encoded(holder_layout()),
         encoded(to_sandbox()),
         encoded(from_sandbox()),
     ]);
