@@ -192,11 +192,13 @@ impl Sandbox {
     /// the namespaces go away and the proxy stops.
     pub async fn shutdown(&self, grace: Duration) {
         self.execs.shutdown(grace);
-        let holder = lock(&self.holder).take();
-        if let Some(mut holder) = holder {
-            let _ = tokio::task::spawn_blocking(move || holder.wait()).await;
-        }
-        crate::timing::mark("holder reaped");
+        // The holder exits after init, and its exit (the namespaces going away) takes most of
+        // a millisecond: it is reaped while the proxy stops.
+        let holder = lock(&self.holder)
+            .take()
+            .map(|mut holder| tokio::task::spawn_blocking(move || holder.wait()));
+        // init has exited (its end of the control socket closed with it) once nothing of the
+        // sandbox runs: from here no connection, query or packet can come.
         self.execs.closed().await;
         for task in lock(&self.tasks).drain(..) {
             task.abort();
@@ -210,6 +212,10 @@ impl Sandbox {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        if let Some(holder) = holder {
+            let _ = holder.await;
+        }
+        crate::timing::mark("holder reaped");
     }
 }
 
