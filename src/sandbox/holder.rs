@@ -105,8 +105,8 @@ pub fn holder_main() -> i32 {
         );
         return 1;
     }
-    // SAFETY: the holder is single-threaded (build's netlink runtime was current-thread and is
-    // gone), so the child may allocate and do anything the parent could.
+    // SAFETY: the holder is single-threaded (build starts no thread; its netlink is plain
+    // blocking sockets), so the child may allocate and do anything the parent could.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             let code = init(sock);
