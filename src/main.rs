@@ -13,11 +13,15 @@ fn main() -> ExitCode {
     netcage::timing::mark("main");
     // The sandbox holder (exec'd by netcage itself for every Tier 1 sandbox) is on the
     // start-up path of every `run`: it skips building the command-line parser.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "__holder") && args.next().is_none() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.len() == 1 && args[0] == "__holder" {
         let code = netcage::sandbox::holder::holder_main();
         netcage::timing::mark("exit");
         return ExitCode::from(code.clamp(0, 255) as u8);
+    }
+    // `run`'s sandbox holder starts before the parser is built.
+    if args.first().is_some_and(|a| a == "run") && !cli::run::asks_for_tier0(&args[1..]) {
+        cli::run::prestart();
     }
     let cli = cli::Cli::parse();
     match cli::dispatch(cli) {

@@ -27,16 +27,53 @@ use super::{RunArgs, Tier};
 
 const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
 
+type Spawning = std::thread::JoinHandle<Option<launch::Pending>>;
+
+/// The holder `main` started before the command line was parsed ([`prestart`]).
+static EARLY: std::sync::Mutex<Option<Spawning>> = std::sync::Mutex::new(None);
+
+/// Tier 1's holder is an exec of this binary (about a millisecond): a thread of its own
+/// starts it (spawning waits until the exec is done) and it comes up while netcage parses its
+/// command line and resolves the configuration. `main` calls this for `run` before parsing
+/// (0.3 ms of clap); a holder that is not wanted after all is killed (a holder whose netcage
+/// exits first sees its control socket close and exits too).
+pub fn prestart() {
+    let spawning = spawn_holder();
+    *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(spawning);
+}
+
+fn spawn_holder() -> Spawning {
+    let exe = super::config::own_exe();
+    std::thread::spawn(move || launch::Pending::spawn(&exe).ok())
+}
+
+/// Whether `run`'s arguments (after `run`, up to the command) ask for Tier 0: then `main`
+/// starts no holder. Only a shortcut; [`run`] decides from the parsed arguments.
+pub fn asks_for_tier0(args: &[std::ffi::OsString]) -> bool {
+    let before_command = args.iter().take_while(|a| *a != "--");
+    let mut previous_was_tier = false;
+    for arg in before_command {
+        if arg == "--tier=env" || (previous_was_tier && arg == "env") {
+            return true;
+        }
+        previous_was_tier = arg == "--tier";
+    }
+    false
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     process::set_non_dumpable().context("cannot make netcage non-dumpable")?;
     super::raise_nofile_limit();
-    // Tier 1's holder is an exec of this binary (milliseconds): a thread of its own starts it
-    // now (spawning waits until the exec is done) and it comes up while this thread resolves
-    // the configuration.
-    let holder = (args.tier != Tier::Env).then(|| {
-        let exe = super::config::own_exe();
-        std::thread::spawn(move || launch::Pending::spawn(&exe).ok())
-    });
+    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let holder = match (args.tier != Tier::Env, early) {
+        (true, early) => Some(early.unwrap_or_else(spawn_holder)),
+        (false, Some(unwanted)) => {
+            // Dropping it kills the holder; nothing waits for that.
+            std::thread::spawn(move || drop(unwanted.join()));
+            None
+        }
+        (false, None) => None,
+    };
     let resolved = resolve(&args.key, &args.policy)?;
     netcage::timing::mark("resolved");
     let audit = resolved.proxy.audit.clone();
@@ -376,5 +413,24 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::asks_for_tier0;
+
+    fn args(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(std::ffi::OsString::from).collect()
+    }
+
+    #[test]
+    fn tier0_is_asked_for_only_before_the_command() {
+        assert!(asks_for_tier0(&args(&["--tier", "env", "--", "true"])));
+        assert!(asks_for_tier0(&args(&["--audit", "a", "--tier=env"])));
+        assert!(!asks_for_tier0(&args(&["--", "x", "--tier", "env"])));
+        assert!(!asks_for_tier0(&args(&["--tier", "netns", "--", "env"])));
+        assert!(!asks_for_tier0(&args(&["env"])));
+        assert!(!asks_for_tier0(&args(&[])));
     }
 }
