@@ -682,6 +682,64 @@ echo "ls=$(ls -A "$1" | LC_ALL=C sort | tr '\n' ' ')"
             "the data dir shows only the public CA files: {text}"
         );
 
+        // The public CA files are the data dir's own files, each mounted read-only over the
+        // hidden data dir (not copies): nothing the command does to them may reach the host's
+        // files. Judged by their bytes, mode and mtime on the host; the working directory
+        // beside them stays writable (the control).
+        let public = [
+            "proxy-ca.pem",
+            "proxy-ca-bundle.pem",
+            "proxy-ca-truststore.p12",
+        ];
+        let state = |name: &str| {
+            use std::os::unix::fs::MetadataExt;
+            let path = data.join(name);
+            let meta = std::fs::metadata(&path).expect("a public CA file on the host");
+            (
+                std::fs::read(&path).unwrap(),
+                meta.mode(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+            )
+        };
+        let before: Vec<_> = public.iter().map(|f| state(f)).collect();
+        let script = r#"
+for f in proxy-ca.pem proxy-ca-bundle.pem proxy-ca-truststore.p12; do
+  p="$1/$f"
+  echo junk >> "$p"; echo "append=$?"
+  (: > "$p"); echo "truncate=$?"
+  chmod 666 "$p"; echo "chmod=$?"
+  touch -d @0 "$p"; echo "touch=$?"
+  umount "$p" 2>/dev/null; echo "umount=$?"
+  mv "$p" "$p.moved"; echo "mv=$?"
+  rm -f "$p"; echo "rm=$?"
+done
+echo work > written-inside; echo "control=$?"
+"#;
+        let out = fx.sh(&[], script, &[data_s]);
+        let text = stdout_str(&out);
+        for (name, was) in public.iter().zip(&before) {
+            assert!(
+                state(name) == *was,
+                "{name} on the host changed from inside: {}",
+                describe(&out)
+            );
+        }
+        for attempt in ["append", "truncate", "chmod", "touch", "mv", "rm"] {
+            assert!(
+                !text.contains(&format!("{attempt}=0\n")),
+                "{attempt} of a public CA file succeeded inside: {text}"
+            );
+        }
+        tally.blocked(mode, "changing the public CA files");
+        assert!(text.contains("control=0\n"), "{}", describe(&out));
+        assert_eq!(
+            std::fs::read_to_string(fx.env.root().join("written-inside")).ok(),
+            Some("work\n".to_owned()),
+            "the working directory stays writable: {}",
+            describe(&out)
+        );
+
         // The working directory inside the hidden directory.
         let mut cmd = fx.run_cmd(
             &[],
