@@ -8,9 +8,9 @@
 //! (rustables is GPL-3.0, nftnl binds the GPL libnftnl, nf_tables has no NAT, ct or log
 //! expressions), so the few messages needed are built here.
 
-use netlink_sys::Socket;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
+use super::netlink::{self, BatchError::Failed, BatchError::Refused};
 use super::plan::{NFLOG_GROUP, PodRules, Ports};
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h
@@ -18,7 +18,6 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -100,69 +99,20 @@ fn send_batch((batch, acks): &(Vec<u8>, usize)) -> Result<(), String> {
     // A kernel that had to load a module for an expression may ask for the batch again.
     let mut tries = 3;
     loop {
-        match send(batch, acks) {
-            Err(Refused(code)) if code == libc::EAGAIN && tries > 1 => tries -= 1,
-            Err(Refused(code)) => {
+        match netlink::exchange(NETLINK_NETFILTER, batch, acks) {
+            Err(Refused { errno, .. }) if errno == libc::EAGAIN && tries > 1 => tries -= 1,
+            Err(Refused { errno, .. }) => {
                 return Err(format!(
                     "loading the sandbox's nftables rules: the kernel refused them: {}",
-                    std::io::Error::from_raw_os_error(code)
+                    std::io::Error::from_raw_os_error(errno)
                 ));
             }
-            Err(Failed(msg)) => return Err(msg),
+            Err(Failed(msg)) => {
+                return Err(format!("loading the sandbox's nftables rules: {msg}"));
+            }
             Ok(()) => return Ok(()),
         }
     }
-}
-
-enum SendError {
-    /// The kernel answered with this errno.
-    Refused(i32),
-    Failed(String),
-}
-use SendError::{Failed, Refused};
-
-fn send(batch: &[u8], acks: usize) -> Result<(), SendError> {
-    let err = |what: &str, e: std::io::Error| {
-        Failed(format!("loading the sandbox's nftables rules: {what}: {e}"))
-    };
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| err("socket", e))?;
-    socket.bind_auto().map_err(|e| err("bind", e))?;
-    // The kernel answers at once; a missing answer must fail the start, not hang it.
-    let wait = nix::sys::time::TimeVal::new(5, 0);
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &wait)
-        .map_err(|e| err("socket timeout", e.into()))?;
-    let sent = socket.send(batch, 0).map_err(|e| err("send", e))?;
-    if sent != batch.len() {
-        return Err(err("send", std::io::Error::other("short write")));
-    }
-    let mut acked = 0;
-    while acked < acks {
-        let (reply, _) = socket.recv_from_full().map_err(|e| err("receive", e))?;
-        for code in errors(&reply) {
-            if code != 0 {
-                return Err(Refused(-code));
-            }
-            acked += 1;
-        }
-    }
-    Ok(())
-}
-
-/// The error codes (0 = success) of the NLMSG_ERROR messages in one datagram.
-fn errors(mut buf: &[u8]) -> Vec<i32> {
-    let mut out = Vec::new();
-    while buf.len() >= 20 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        if kind == NLMSG_ERROR && len >= 20 {
-            out.push(i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]));
-        }
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    out
 }
 
 /// The whole batch, and how many acknowledgements the kernel will send for it. `replace`:
@@ -723,24 +673,6 @@ mod tests {
         assert!(
             err.contains("refused") && err.contains("not permitted"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn kernel_errors_are_read_from_every_acknowledgement() {
-        let mut datagram = Vec::new();
-        for code in [0i32, -libc::EPERM] {
-            datagram.extend_from_slice(&36u32.to_ne_bytes());
-            datagram.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-            datagram.extend_from_slice(&[0; 10]);
-            datagram.extend_from_slice(&code.to_ne_bytes());
-            datagram.extend_from_slice(&[0; 16]); // the echoed request header
-        }
-        assert_eq!(errors(&datagram), [0, -libc::EPERM]);
-        assert_eq!(
-            errors(&datagram[..20]),
-            Vec::<i32>::new(),
-            "a cut message is ignored"
         );
     }
 }
