@@ -19,7 +19,8 @@
 //! - [`learn`]: `--learn`, the hosts a run reached as a default-deny policy.
 //! - [`ca`]: the local CA, leaf certificates, the trust bundle.
 //! - [`proxy`]: listeners, TLS interception, the HTTP service, the upstream client.
-//! - [`sandbox`]: tiers, process attributes, namespaces — the only place with `unsafe`.
+//! - [`sandbox`]: tiers, process attributes, namespaces — the only place with `unsafe`, with
+//!   [`allocator`] (the process's allocator: glibc's malloc, large blocks on cache lines).
 //!
 //! Data flows: the CLI resolves a [`proxy::ProxyConfig`]; the proxy accepts a connection,
 //! terminates TLS with a leaf from [`ca`], and for each request asks [`policy`] whether the host
@@ -28,6 +29,7 @@
 //! a decision callback that opens each token ([`token`]) and checks its hosts ([`hosts`]),
 //! forwards upstream, redacts the response, and writes one [`audit`] line.
 
+pub mod allocator;
 #[deny(missing_docs)]
 mod api;
 pub mod audit;

@@ -9,6 +9,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's malloc with large blocks on cache lines: see [`netcage::allocator`].
+#[global_allocator]
+static ALLOCATOR: netcage::allocator::LineAligned = netcage::allocator::LineAligned;
+
 fn main() -> ExitCode {
     netcage::timing::mark("main");
     // The sandbox holder (exec'd by netcage itself for every Tier 1 sandbox) is on the
