@@ -3,8 +3,8 @@
 //!
 //! Why: on AMD Zen 3 and Zen 4 with glibc before 2.39, `memcpy` of 2 KiB and more is `rep movsb`,
 //! which runs about 25 times slower when the destination is 1 to 31 bytes past the source modulo
-//! 4 KiB (glibc bug 30994, about page aliasing on Zen 4; later glibc releases stopped choosing
-//! `rep movsb` on these CPUs, the 2.36 of Debian 12 here and the 2.35 of Ubuntu 22.04 did not). Measured on this project's 2-core EPYC (Zen 4, glibc 2.36): 16 KiB copied at 2–3 GB/s
+//! 4 KiB (glibc bug 30994; glibc was since changed to choose `rep movsb` less on these CPUs, in
+//! a release not checked here: the 2.36 of Debian 12 on this machine has the slow copy). Measured on this project's 2-core EPYC (Zen 4, glibc 2.36): 16 KiB copied at 2–3 GB/s
 //! with those distances, 80–100 GB/s with any other. rustls copies every decrypted TLS record out
 //! of its read buffer, where the payload starts 5 bytes into the record, into a block it has just
 //! allocated, and glibc put that block 16 bytes past the read buffer modulo 4 KiB (in the room
