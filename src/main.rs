@@ -15,17 +15,22 @@ static ALLOCATOR: netcage::allocator::LineAligned = netcage::allocator::LineAlig
 
 fn main() -> ExitCode {
     netcage::timing::mark("main");
-    // The sandbox holder (exec'd by netcage itself for every Tier 1 sandbox) is on the
-    // start-up path of every `run`: it skips building the command-line parser.
+    // The sandbox holder (exec'd by netcage itself for a library's or serve's Tier 1 sandbox)
+    // skips building the command-line parser.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.len() == 1 && args[0] == "__holder" {
         let code = netcage::sandbox::holder::holder_main();
         netcage::timing::mark("exit");
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    // `run`'s sandbox holder starts before the parser is built.
-    if args.first().is_some_and(|a| a == "run") && !cli::run::asks_for_tier0(&args[1..]) {
-        cli::run::prestart();
+    // `run`'s sandbox holder is forked before the parser is built (or anything else is read).
+    if args.first().is_some_and(|a| a == "run")
+        && !cli::run::asks_for_tier0(&args[1..])
+        && let Some(code) = cli::run::prestart()
+    {
+        // This is the forked sandbox holder, and it is done.
+        netcage::timing::mark("exit");
+        return ExitCode::from(code);
     }
     let cli = cli::Cli::parse();
     match cli::dispatch(cli) {

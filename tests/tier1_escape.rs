@@ -1295,3 +1295,119 @@ fn the_command_cannot_inject_input_into_the_terminal() {
         );
     });
 }
+
+/// The processes below `pid` (children, grandchildren, ...), read off the host's /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if let Some(ppid) = after.split(' ').nth(1).and_then(|s| s.parse::<u32>().ok()) {
+            parent_of.insert(p, ppid);
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| **pp == p)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Seen from the host (as root, which may read any process's /proc): the sandbox's holder and
+/// init — forked from netcage, so born with a copy of its environment and the real value of
+/// a sealed variable in it — hold no environment at all, and no process netcage started holds
+/// the secret.
+#[test]
+fn the_holder_and_init_keep_no_copy_of_netcages_environment() {
+    use std::io::BufRead;
+    for_each_mode(|mode| {
+        let fx = Fx::new(mode);
+        let mut cmd = fx.run_cmd(
+            &["--seal", "T1_SECRET=api.github.com"],
+            &["sh", "-c", "echo ready; exec sleep 60"],
+        );
+        cmd.env("T1_SECRET", SECRET)
+            .stdout(std::process::Stdio::piped());
+        let mut netcage = cmd.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(netcage.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "[{}] the command did not start",
+            mode.name()
+        );
+        // `sh` has printed; wait until it is `sleep`.
+        let comm =
+            |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let mut tree = descendants(netcage.id());
+        for _ in 0..200 {
+            if tree.iter().any(|&p| comm(p).trim() == "sleep") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            tree = descendants(netcage.id());
+        }
+        let mut seen = Vec::new();
+        let mut environments = Vec::new();
+        for pid in tree {
+            let comm = comm(pid);
+            let environ = std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_else(|e| panic!("[{}] /proc/{pid}/environ: {e}", mode.name()));
+            if comm.trim() == "netcage" {
+                assert!(
+                    environ.iter().all(|&b| b == 0),
+                    "[{}] netcage's child {pid} has an environment: {:?}",
+                    mode.name(),
+                    String::from_utf8_lossy(&environ)
+                );
+            }
+            seen.push(comm.trim().to_owned());
+            environments.extend(environ);
+        }
+        let _ = netcage.kill();
+        let _ = netcage.wait();
+        // The holder, init (both named netcage) and the command were there to be read.
+        assert!(
+            seen.iter().filter(|c| *c == "netcage").count() >= 2,
+            "[{}] {seen:?}",
+            mode.name()
+        );
+        assert!(
+            seen.iter().any(|c| c == "sleep"),
+            "[{}] {seen:?}",
+            mode.name()
+        );
+        assert_no_secret_material(
+            &environments,
+            &fx.env.key(),
+            "the environ of netcage's children",
+        );
+        assert!(
+            contains(&environments, b"T1_SECRET=starpod:v1:"),
+            "[{}] the command's environment was not read",
+            mode.name()
+        );
+    });
+}

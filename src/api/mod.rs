@@ -91,7 +91,7 @@ pub struct SandboxBuilder {
 pub struct Sandbox {
     proxy: Arc<Proxy>,
     execs: Arc<Execs>,
-    holder: Mutex<Option<std::process::Child>>,
+    holder: Mutex<Option<launch::Holder>>,
     env: Arc<Vec<(OsString, OsString)>>,
     removed_env: Vec<String>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,

@@ -27,24 +27,45 @@ use super::{RunArgs, Tier};
 
 const TIER0: &str = "only programs that honour HTTPS_PROXY go through the proxy; a program can still reach the network directly and read files it can open";
 
-type Spawning = std::thread::JoinHandle<Option<launch::Pending>>;
+/// The holder: forked at the top of `main` ([`prestart`]), or being exec'd on a thread.
+enum Spawning {
+    Forked(launch::Pending),
+    Exec(std::thread::JoinHandle<Option<launch::Pending>>),
+}
+
+impl Spawning {
+    fn join(self) -> Option<launch::Pending> {
+        match self {
+            Spawning::Forked(pending) => Some(pending),
+            Spawning::Exec(thread) => thread.join().ok().flatten(),
+        }
+    }
+}
 
 /// The holder `main` started before the command line was parsed ([`prestart`]).
 static EARLY: std::sync::Mutex<Option<Spawning>> = std::sync::Mutex::new(None);
 
-/// Tier 1's holder is an exec of this binary (about a millisecond): a thread of its own
-/// starts it (spawning waits until the exec is done) and it comes up while netcage parses its
-/// command line and resolves the configuration. `main` calls this for `run` before parsing
-/// (0.3 ms of clap); a holder that is not wanted after all is killed (a holder whose netcage
-/// exits first sees its control socket close and exits too).
-pub fn prestart() {
-    let spawning = spawn_holder();
+/// Tier 1's holder comes up while netcage parses its command line and resolves the
+/// configuration: `main` calls this for `run` before parsing (0.3 ms of clap), while it is
+/// still single-threaded, so the holder is forked (see [`launch::Pending::fork_here`]; an
+/// exec of this binary on a thread of its own when that cannot be). A holder that is not
+/// wanted after all is killed (a holder whose netcage exits first sees its control socket
+/// close and exits too). Returns the exit code in the forked holder, which is done then.
+pub fn prestart() -> Option<u8> {
+    let spawning = match launch::Pending::fork_here() {
+        Some(launch::Forked::Holder(code)) => return Some(code.clamp(0, 255) as u8),
+        Some(launch::Forked::Netcage(pending)) => Spawning::Forked(pending),
+        None => spawn_holder(),
+    };
     *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(spawning);
+    None
 }
 
 fn spawn_holder() -> Spawning {
     let exe = super::config::own_exe();
-    std::thread::spawn(move || launch::Pending::spawn(&exe).ok())
+    Spawning::Exec(std::thread::spawn(move || {
+        launch::Pending::spawn(&exe).ok()
+    }))
 }
 
 /// Whether `run`'s arguments (after `run`, up to the command) ask for Tier 0: then `main`
@@ -78,7 +99,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     netcage::timing::mark("resolved");
     let audit = resolved.proxy.audit.clone();
     let learn = resolved.learn.clone();
-    let holder = holder.and_then(|spawning| spawning.join().ok().flatten());
+    let holder = holder.and_then(Spawning::join);
     let result = run_in_a_tier(args, resolved, holder);
     // Responses still in flight when the runtime shut down have queued their lines by now.
     audit.flush();

@@ -1,5 +1,7 @@
-//! The sandbox side: `netcage __holder`, exec'd by `launch` (so it starts single-threaded and
-//! holds no secret of the proxy's: not its memory, not its environment).
+//! The sandbox side: `netcage __holder`, exec'd by `launch`, or for `netcage run` forked at the
+//! top of `main` and made into the same (`launch::Pending::fork_here`). Either way it starts
+//! single-threaded and holds no secret of the proxy's: not its memory (the fork comes before
+//! netcage reads a key or a secret), not its environment (cleared, or zeroed and cleared).
 //!
 //! ```text
 //! holder: reads the HolderSpec on fd 3, builds the namespaces and the network (build.rs)
@@ -42,8 +44,8 @@ pub const CONTROL_FD: i32 = 3;
 /// `netcage __holder`: returns the process's exit code.
 pub fn holder_main() -> i32 {
     crate::timing::mark("holder: main");
-    // SAFETY: `launch` put the control socket on this descriptor before exec, and nothing in
-    // this fresh process has taken ownership of it.
+    // SAFETY: `launch` put the control socket on this descriptor (before exec, or in the forked
+    // child), and nothing in this process has taken ownership of it.
     let sock = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     if fcntl(&sock, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_err() {
         eprintln!(

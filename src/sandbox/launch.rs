@@ -1,9 +1,11 @@
 //! Tier 1, the proxy side: starts the holder (`netcage __holder`, see `holder.rs`), waits until
 //! the sandbox is built, and takes over its sockets and its control channel.
 //!
-//! The holder is exec'd rather than forked, so this works from a multi-threaded process (an
-//! agent server's async runtime): a user namespace can only be created by a single-threaded
-//! process, and a fresh exec is one.
+//! The holder is exec'd, so this works from a multi-threaded process (an agent server's async
+//! runtime): a user namespace can only be created by a single-threaded process, and a fresh
+//! exec is one. `netcage run` forks it instead, first thing in `main`, while it is still
+//! single-threaded and holds nothing but its environment ([`Pending::fork_here`]): that
+//! saves the exec of a 15 MB binary on every run's critical path.
 
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,7 +13,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid, fork};
 
 use super::control::{FromSandbox, HolderLayout, HolderSpec, SocketKind};
 use super::fdpass;
@@ -29,7 +35,7 @@ pub struct SandboxSockets {
 
 pub struct Launched {
     /// The holder process (reap it after shutdown).
-    pub holder: Child,
+    pub holder: Holder,
     /// The control channel to the sandbox's init (see `control.rs`).
     pub control: OwnedFd,
     /// The sandbox's /proc (which process owns which socket: `owner.rs`).
@@ -53,16 +59,48 @@ pub struct Pending {
     sock: OwnedFd,
 }
 
+/// The holder process: exec'd ([`Pending::spawn`]) or forked ([`Pending::fork_here`]).
+pub enum Holder {
+    Spawned(Child),
+    Forked(Pid),
+}
+
+impl Holder {
+    /// SIGKILL (init, its pid namespace's reaper, dies with it).
+    pub fn kill(&mut self) {
+        match self {
+            Holder::Spawned(child) => drop(child.kill()),
+            Holder::Forked(pid) => drop(kill(*pid, Signal::SIGKILL)),
+        }
+    }
+
+    /// Blocks until the holder has exited, and reaps it.
+    pub fn wait(&mut self) {
+        match self {
+            Holder::Spawned(child) => drop(child.wait()),
+            Holder::Forked(pid) => while let Err(Errno::EINTR) = waitpid(*pid, None) {},
+        }
+    }
+}
+
 /// The holder until the sandbox is ready: killed and reaped if dropped before.
-struct Unfinished(Option<Child>);
+struct Unfinished(Option<Holder>);
 
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(mut holder) = self.0.take() {
-            let _ = holder.kill();
-            let _ = holder.wait();
+            holder.kill();
+            holder.wait();
         }
     }
+}
+
+/// What [`Pending::fork_here`] returns in each of the two processes.
+pub enum Forked {
+    /// In netcage: the holder, waiting for its layout.
+    Netcage(Pending),
+    /// In the holder, once it is done: its exit code.
+    Holder(i32),
 }
 
 impl Pending {
@@ -117,16 +155,60 @@ impl Pending {
             .map_err(|e| format!("cannot start the sandbox holder {}: {e}", exe.display()))?;
         drop(theirs);
         crate::timing::mark("holder spawned");
-        let pending = Pending {
-            holder: Unfinished(Some(holder)),
+        Pending {
+            holder: Unfinished(Some(Holder::Spawned(holder))),
             sock: ours,
-        };
+        }
+        .send_spec()
+    }
+
+    /// Forks the holder from this process, which must not have started a thread yet: `None`
+    /// when it has (a forked child of a multi-threaded process may only exec), or when the
+    /// fork failed; [`Pending::spawn`] is the way then. The holder gets what an exec'd one
+    /// has: no environment (its copy of the variables, which may hold the real values of
+    /// sealed secrets, is zeroed before anything else), /dev/null for stdin and stdout, every
+    /// signal blocked, not dumpable, no descriptor but the control socket and stderr.
+    pub fn fork_here() -> Option<Forked> {
+        if !single_threaded() {
+            return None;
+        }
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .ok()?;
+        // Read before the environment is zeroed: the holder's steps are timed too.
+        crate::timing::enabled();
+        // SAFETY: this process has one thread (checked above), so the child is a full copy
+        // that may allocate and run any code; it never returns into netcage's own work.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                drop(ours);
+                Some(Forked::Holder(become_holder(theirs)))
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(theirs);
+                crate::timing::mark("holder forked");
+                let pending = Pending {
+                    holder: Unfinished(Some(Holder::Forked(child))),
+                    sock: ours,
+                };
+                pending.send_spec().ok().map(Forked::Netcage)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Sends the holder its [`HolderSpec`]; dropping `self` on an error kills it.
+    fn send_spec(self) -> Result<Pending, String> {
+        let pending = self;
         let spec = HolderSpec {
             rootless: !super::detect::quick(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         };
-        // Dropping `pending` on an error kills the holder.
         fdpass::send(&pending.sock, &spec, &[])
             .map_err(|e| format!("starting the sandbox: {e}"))?;
         Ok(pending)
@@ -168,6 +250,51 @@ impl Building {
             sealed_aws: Vec::new(),
         })
     }
+}
+
+/// Does this process have only one thread (`/proc/self/task` lists one)?
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.take(2).count() == 1)
+}
+
+/// The forked child turned into what [`Pending::spawn`]'s exec makes: see
+/// [`Pending::fork_here`]. Returns the holder's exit code.
+fn become_holder(sock: OwnedFd) -> i32 {
+    if SigSet::all().thread_block().is_err() {
+        return 1;
+    }
+    // Not even the commands' uid may read this process's memory, from here on.
+    if nix::sys::prctl::set_dumpable(false).is_err() {
+        return 1;
+    }
+    super::process::scrub_environment();
+    let Ok(null) = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return 1;
+    };
+    for fd in [0, 1] {
+        // SAFETY: dup2 onto stdin and stdout, which this process owns; `null` stays valid.
+        if unsafe { nix::libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return 1;
+        }
+    }
+    drop(null);
+    // The holder's own start expects its control socket on CONTROL_FD and closes the rest.
+    if sock.as_raw_fd() != CONTROL_FD {
+        // SAFETY: dup2 onto CONTROL_FD, whatever was there (a descriptor netcage's caller
+        // leaked) is closed; `sock` stays valid and is closed below.
+        if unsafe { nix::libc::dup2(sock.as_raw_fd(), CONTROL_FD) } < 0 {
+            return 1;
+        }
+        drop(sock);
+    } else {
+        // It is CONTROL_FD: holder_main takes ownership of it by number.
+        std::mem::forget(sock);
+    }
+    super::holder::holder_main()
 }
 
 type Handshake = (SandboxSockets, OwnedFd, Vec<String>);

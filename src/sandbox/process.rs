@@ -18,6 +18,27 @@ pub fn set_non_dumpable() -> io::Result<()> {
     }
 }
 
+/// Zeroes this process's environment (every `NAME=value` string, in place) and empties it:
+/// for a process forked from netcage that must hold none of the values (the sandbox holder),
+/// which may be the real secrets netcage seals. Only for a single-threaded process: nothing
+/// else may read the environment meanwhile.
+pub(crate) fn scrub_environment() {
+    // SAFETY: the caller is single-threaded, so nothing reads or changes `environ` meanwhile;
+    // each entry is a NUL-terminated string that libc or the kernel put there, writable (the
+    // process's stack, or memory setenv allocated), and zeroing its bytes up to the NUL
+    // keeps it a valid (empty) string until clearenv drops the array.
+    unsafe {
+        let mut entry = libc::environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let s = *entry;
+            let len = libc::strlen(s);
+            zeroize::Zeroize::zeroize(std::slice::from_raw_parts_mut(s.cast::<u8>(), len));
+            entry = entry.add(1);
+        }
+        libc::clearenv();
+    }
+}
+
 /// The descriptor limits netcage started with, before [`raise_nofile_limit`].
 static ORIGINAL_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
 
