@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     // skips building the command-line parser.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.len() == 1 && args[0] == "__holder" {
-        let code = netcage::sandbox::holder::holder_main();
+        let code = netcage::sandbox::holder::holder_main(None);
         netcage::timing::mark("exit");
         return ExitCode::from(code.clamp(0, 255) as u8);
     }

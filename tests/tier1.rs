@@ -330,6 +330,35 @@ fn timing_steps_come_from_netcage_and_its_holder_in_order() {
     });
 }
 
+/// `Cpus_allowed_list` from a /proc/<pid>/status.
+fn cpus_allowed(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in {status}"))
+        .trim()
+        .to_owned()
+}
+
+/// netcage starts its forked holder on another CPU than its own, and the holder takes back
+/// every CPU before it builds anything: the command may run on all the CPUs netcage may.
+#[test]
+fn the_command_may_run_on_every_cpu_netcage_may() {
+    let ours = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    if !ours.contains(['-', ',']) {
+        eprintln!("NOTE: this process may run on one CPU only ({ours}): nothing to take back");
+    }
+    for_each_mode(|mode| {
+        let fx = Fx::new(mode);
+        for _ in 0..3 {
+            let mut cmd = fx.run_cmd(&[], &["cat", "/proc/self/status"]);
+            let out = run_with_timeout(&mut cmd, RUN_TIMEOUT);
+            let theirs = cpus_allowed(&stdout_str(succeeded(&out)));
+            assert_eq!(theirs, ours, "[{}] the command's CPUs", mode.name());
+        }
+    });
+}
+
 #[test]
 fn sigterm_to_netcage_reaches_the_command() {
     for_each_mode(|mode| {

@@ -406,7 +406,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::K8sReady(args) => k8s::ready(args),
         Command::Doctor => doctor::doctor(),
         Command::Demo(args) => demo::demo(args),
-        Command::Holder => Ok(netcage::sandbox::holder::holder_main().clamp(0, 255) as u8),
+        Command::Holder => Ok(netcage::sandbox::holder::holder_main(None).clamp(0, 255) as u8),
     }
 }
 

@@ -41,8 +41,9 @@ use super::mounts::{READ_ONLY, make_read_only};
 /// The descriptor `launch` puts the control socket on.
 pub const CONTROL_FD: i32 = 3;
 
-/// `netcage __holder`: returns the process's exit code.
-pub fn holder_main() -> i32 {
+/// `netcage __holder`: returns the process's exit code. `cpus`: the CPUs to take back once
+/// the spec has come (a forked holder that netcage moved off its own CPU to start it).
+pub fn holder_main(cpus: Option<nix::sched::CpuSet>) -> i32 {
     crate::timing::mark("holder: main");
     // SAFETY: `launch` put the control socket on this descriptor (before exec, or in the forked
     // child), and nothing in this process has taken ownership of it.
@@ -63,6 +64,11 @@ pub fn holder_main() -> i32 {
         _ => return 1,
     };
     crate::timing::mark("holder: spec received");
+    if let Some(cpus) = cpus
+        && let Err(e) = nix::sched::sched_setaffinity(Pid::from_raw(0), &cpus)
+    {
+        eprintln!("netcage: the sandbox cannot run on all of netcage's CPUs: {e}");
+    }
     // The network is built while netcage works out the view; a failure is reported after the
     // view has come, as the answer to it.
     let network = build::network(&spec);
