@@ -268,7 +268,7 @@ async fn run_netns_tier(
         t.take_back();
     }
     // Whatever the command left running in the background ends with it, as before.
-    sandbox.shutdown(Duration::ZERO).await;
+    sandbox.shutdown_before_exit(Duration::ZERO).await;
     netcage::timing::mark("sandbox shut down");
     let status = status.context("waiting for the command failed")?;
     Ok(exit_code(status).clamp(0, 255) as u8)
