@@ -1296,42 +1296,6 @@ fn the_command_cannot_inject_input_into_the_terminal() {
     });
 }
 
-/// The processes below `pid` (children, grandchildren, ...), read off the host's /proc.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        if let Some(ppid) = after.split(' ').nth(1).and_then(|s| s.parse::<u32>().ok()) {
-            parent_of.insert(p, ppid);
-        }
-    }
-    let mut found = vec![pid];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(
-            parent_of
-                .iter()
-                .filter(|(_, pp)| **pp == p)
-                .map(|(c, _)| *c),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
 /// Seen from the host (as root, which may read any process's /proc): the sandbox's holder and
 /// init — forked from netcage, so born with a copy of its environment and the real value of
 /// a sealed variable in it — hold no environment at all, and no process netcage started holds

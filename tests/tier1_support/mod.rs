@@ -501,20 +501,42 @@ pub fn machine_v6() -> Option<String> {
     machine_addrs(true).into_iter().next()
 }
 
+/// The pids of every process on the host (the host's /proc).
+pub fn host_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect()
+}
+
+/// The processes below `pid` (children, grandchildren, ...), read off the host's /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let parent_of: Vec<(u32, u32)> = host_pids()
+        .into_iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let after = stat.get(stat.rfind(')')? + 2..)?;
+            Some((p, after.split(' ').nth(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// `(pid, cmdline)` of every process on the host whose command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in host_pids() {
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
