@@ -134,6 +134,7 @@ fn run_in_a_tier(
     // The runtime's threads start while the holder builds the sandbox.
     let launched = started.begin(holder).and_then(|building| {
         let rt = super::runtime();
+        netcage::proxy::prestart_threads();
         Ok((rt, building.wait()?))
     });
     netcage::timing::mark("launched");
