@@ -207,15 +207,13 @@ impl Pending {
 
     /// Sends the holder its [`HolderSpec`]; dropping `self` on an error kills it.
     fn send_spec(self) -> Result<Pending, String> {
-        let pending = self;
         let spec = HolderSpec {
             rootless: !super::detect::quick(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
         };
-        fdpass::send(&pending.sock, &spec, &[])
-            .map_err(|e| format!("starting the sandbox: {e}"))?;
-        Ok(pending)
+        fdpass::send(&self.sock, &spec, &[]).map_err(|e| format!("starting the sandbox: {e}"))?;
+        Ok(self)
     }
 
     /// Gives the holder the filesystem view; it finishes the sandbox meanwhile
@@ -274,8 +272,7 @@ fn move_off_this_cpu(child: Pid, cpus: &nix::sched::CpuSet) {
     if others.unset(here).is_err() {
         return;
     }
-    let any_other = (0..nix::sched::CpuSet::count()).any(|c| others.is_set(c).unwrap_or(false));
-    if any_other {
+    if others != nix::sched::CpuSet::new() {
         let _ = nix::sched::sched_setaffinity(child, &others);
     }
 }
@@ -287,7 +284,7 @@ fn become_holder(sock: OwnedFd, cpus: Option<nix::sched::CpuSet>) -> i32 {
         return 1;
     }
     // Not even the commands' uid may read this process's memory, from here on.
-    if nix::sys::prctl::set_dumpable(false).is_err() {
+    if super::process::set_non_dumpable().is_err() {
         return 1;
     }
     super::process::scrub_environment();
