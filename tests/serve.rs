@@ -20,7 +20,7 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tier1_support::{Mode, UID, chown_tree, for_each_mode, read_audit};
+use tier1_support::{Mode, UID, chown_tree, for_each_mode, proc_stat, read_audit};
 
 /// The host the sealed token is bound to.
 const HOST: &str = "api.test";
@@ -252,50 +252,18 @@ fn dump(lines: &[Value]) -> String {
         .join("\n")
 }
 
-/// `(ppid, starttime, state)` of a process, from /proc/PID/stat (`None` once it is gone; a
-/// zombie is still there).
-fn proc_stat(pid: u32) -> Option<(u32, u64, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start, state))
-}
-
 /// Every descendant of `root` now: `(pid, starttime, cmdline)`.
 fn descendants(root: u32) -> Vec<(u32, u64, String)> {
-    let mut parent: HashMap<u32, (u32, u64)> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if let Some((ppid, start, _)) = proc_stat(pid) {
-            parent.insert(pid, (ppid, start));
-        }
-    }
-    let mut found = Vec::new();
-    for (&pid, &(_, start)) in &parent {
-        let mut up = pid;
-        let mut hops = 0;
-        while let Some(&(ppid, _)) = parent.get(&up) {
-            if ppid == root {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-                    .unwrap_or_default();
-                found.push((pid, start, cmdline));
-                break;
-            }
-            up = ppid;
-            hops += 1;
-            if up <= 1 || hops > 64 {
-                break;
-            }
-        }
-    }
-    found
+    tier1_support::descendants(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let (_, start, _) = proc_stat(pid)?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            Some((pid, start, cmdline))
+        })
+        .collect()
 }
 
 /// True while the process `pid` that started at `start` exists (a zombie counts).

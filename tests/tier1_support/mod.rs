@@ -511,16 +511,24 @@ pub fn host_pids() -> Vec<u32> {
         .collect()
 }
 
+/// `(ppid, starttime, state)` of a process, from /proc/PID/stat (`None` once it is gone; a
+/// zombie is still there).
+pub fn proc_stat(pid: u32) -> Option<(u32, u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start, state))
+}
+
 /// The processes below `pid` (children, grandchildren, ...), read off the host's /proc.
 pub fn descendants(pid: u32) -> Vec<u32> {
     let parent_of: Vec<(u32, u32)> = host_pids()
         .into_iter()
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let after = stat.get(stat.rfind(')')? + 2..)?;
-            Some((p, after.split(' ').nth(1)?.parse().ok()?))
-        })
+        .filter_map(|p| Some((p, proc_stat(p)?.0)))
         .collect();
     let mut found = vec![pid];
     let mut i = 0;
